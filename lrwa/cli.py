@@ -1,0 +1,188 @@
+"""The `lrwa` command line: teacher training and evaluation, distillation, the quickstart.
+
+Every user mistake surfaces as one line on stderr and exit status 2 (`--debug`
+shows the traceback instead); argparse's own errors are folded into the same
+one-line form. Flags default to None so that only what the user typed
+overrides the config file and the data set's preset.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, NoReturn
+
+from lrwa.errors import LrwaError
+
+EXIT_USER_ERROR = 2
+
+
+class _OneLineParser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        sys.stderr.write(f"{self.prog}: error: {message}\n")
+        raise SystemExit(EXIT_USER_ERROR)
+
+
+def _distill_flags(parser: argparse.ArgumentParser) -> None:
+    """Flags of `lrwa distill`, named as the config keys they override."""
+    add = parser.add_argument
+    add("--teacher", help="teacher checkpoint (default: the embedded mnist5k LeNet-5)")
+    add("--teacher-arch", help="architecture of a plain state_dict teacher")
+    add("--dataset", help="dataset of a plain state_dict teacher")
+    add("--student", help="student architecture, e.g. lenet5-half, resnet18")
+    add("--mode", choices=("acquire", "joint", "meta"))
+    add("--replay", choices=("none", "memory", "generative"))
+    add("--alpha", type=float, help="inner step size of the meta update")
+    add("--first-order", action="store_true", default=None,
+        help="drop the second-order terms of the meta gradient")
+    add("--buffer-size", type=int, help="memory bank capacity in samples")
+    add("--replay-ratio", type=float, help="replayed batch as a fraction of the fresh batch")
+    add("--generator-loss", help="pre-dfkd or dfad")
+    add("--epochs", type=int)
+    add("--iters-per-epoch", type=int)
+    add("--batch-size", type=int)
+    add("--seed", type=int)
+    add("--device", choices=("auto", "cpu", "cuda"))
+    add("--data-root", help="folder with CIFAR/SVHN files")
+    add("--download", action="store_true", default=None, help="download CIFAR/SVHN if missing")
+    add("--config", help="YAML file of config keys")
+    add("--out", required=True, help="run folder (refused if it already holds a run)")
+    add("--resume", action="store_true", help="continue the run in --out")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _OneLineParser(prog="lrwa", description=__doc__.split("\n")[0])
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_OneLineParser)
+
+    teacher = commands.add_parser("teacher", help="train or evaluate a teacher")
+    teacher_commands = teacher.add_subparsers(dest="teacher_command", required=True,
+                                              parser_class=_OneLineParser)
+    train = teacher_commands.add_parser("train", help="train a teacher with the dataset's recipe")
+    train.add_argument("--dataset", required=True)
+    train.add_argument("--arch", required=True)
+    train.add_argument("--out", required=True, help="checkpoint file to write")
+    train.add_argument("--epochs", type=int)
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--data-root")
+    train.add_argument("--download", action="store_true")
+    train.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    train.add_argument("--force", action="store_true", help="replace an existing --out file")
+    evaluate = teacher_commands.add_parser("eval", help="print a checkpoint's test accuracy")
+    evaluate.add_argument("file")
+    evaluate.add_argument("--arch", help="architecture of a plain state_dict")
+    evaluate.add_argument("--dataset", help="dataset of a plain state_dict")
+    evaluate.add_argument("--data-root")
+
+    _distill_flags(commands.add_parser("distill", help="distil a student from a teacher"))
+
+    quickstart = commands.add_parser("quickstart", help="the embedded default end to end")
+    quickstart.add_argument("--out", help="run folder (default: runs/quickstart-<time>)")
+    return parser
+
+
+def _explicit_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    skip = {"command", "debug", "config", "out", "resume"}
+    return {key: value for key, value in vars(args).items()
+            if key not in skip and value is not None}
+
+
+def _print_epoch(row: dict[str, Any]) -> None:
+    def show(value: float, scale: float = 1.0, digits: int = 3) -> str:
+        return "  -  " if math.isnan(value) else f"{value * scale:.{digits}f}"
+
+    print(f"epoch {row['epoch']:>4}  test_acc {show(row['test_acc'], 100, 2)}%  "
+          f"loss_acq {show(row['loss_acq'])}  loss_ret {show(row['loss_ret'])}  "
+          f"loss_gen {show(row['loss_gen'])}  grad_cos {show(row['grad_cos'])}  "
+          f"{row['samples_per_s']:.0f} samples/s", flush=True)
+
+
+def _print_summary(summary: dict[str, Any], out_dir: Path) -> None:
+    print(f"best {100 * summary['best_acc']:.2f}%  mean {100 * summary['mean_acc']:.2f}%  "
+          f"final {100 * summary['final_acc']:.2f}%  var {1e4 * summary['var_acc']:.2f} %^2  "
+          f"max drop {100 * summary['max_drop']:.2f} pts  teacher "
+          f"{100 * summary['teacher_acc']:.2f}%")
+    print(f"results in {out_dir}/ (metrics.parquet, summary.json, learning_curve.png)")
+
+
+def _distill(args: argparse.Namespace) -> None:
+    from lrwa.config import build_config, load_yaml
+    from lrwa.run import resolve_teacher, run_distillation
+
+    overrides = _explicit_overrides(args)
+    out_dir = Path(args.out)
+    if args.resume:
+        if args.config:
+            overrides = {**load_yaml(args.config), **overrides}
+        summary = run_distillation(None, out_dir, resume=True, overrides=overrides,
+                                   on_epoch=_print_epoch)
+    else:
+        file_values = load_yaml(args.config) if args.config else {}
+        draft = build_config(None, file_values, {**overrides, "mode": "acquire",
+                                                 "replay": "none"})
+        teacher = resolve_teacher(draft)
+        config = build_config(teacher.metadata["dataset"], file_values, overrides)
+        summary = run_distillation(config, out_dir, teacher=teacher, on_epoch=_print_epoch)
+    _print_summary(summary, out_dir)
+
+
+def _quickstart(args: argparse.Namespace) -> None:
+    from lrwa.config import build_config
+    from lrwa.run import resolve_teacher, run_distillation
+
+    out_dir = Path(args.out or f"runs/quickstart-{time.strftime('%Y%m%d-%H%M%S')}")
+    config = build_config("mnist5k", overrides={"epochs": 10})
+    teacher = resolve_teacher(config)
+    print(f"teacher: mnist5k lenet5, test accuracy {100 * teacher.metadata['test_acc']:.2f}%")
+    summary = run_distillation(config, out_dir, teacher=teacher, on_epoch=_print_epoch)
+    _print_summary(summary, out_dir)
+
+
+def _teacher(args: argparse.Namespace) -> None:
+    from lrwa.distiller import resolve_device
+    from lrwa.teacher import evaluate_on_split, load_teacher, save_teacher, train_teacher
+
+    if args.teacher_command == "train":
+        out = Path(args.out)
+        if out.exists() and not args.force:
+            raise LrwaError(f"{out} already exists; pass --force to replace it")
+        if args.epochs is not None and args.epochs < 1:
+            raise LrwaError(f"--epochs must be at least 1, got {args.epochs}")
+        teacher = train_teacher(args.dataset, args.arch, epochs=args.epochs, seed=args.seed,
+                                data_root=args.data_root, download=args.download,
+                                device=str(resolve_device(args.device)))
+        save_teacher(teacher, out)
+        print(f"test accuracy {100 * teacher.metadata['test_acc']:.2f}%  "
+              f"({teacher.metadata['train_seconds']:.0f} s)  -> {out}")
+        return
+    teacher = load_teacher(args.file, args.arch, args.dataset)
+    accuracy = evaluate_on_split(teacher.model, teacher.metadata["dataset"], "test",
+                                 data_root=args.data_root)
+    print(f"{args.file}: {teacher.metadata['arch']} on {teacher.metadata['dataset']}, "
+          f"test accuracy {100 * accuracy:.2f}%")
+
+
+COMMANDS = {"distill": _distill, "quickstart": _quickstart, "teacher": _teacher}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        COMMANDS[args.command](args)
+    except LrwaError as error:
+        if args.debug:
+            raise
+        sys.stderr.write(f"lrwa: error: {error}\n")
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        sys.stderr.write("lrwa: interrupted; completed epochs are saved, rerun with --resume\n")
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,231 @@
+"""The one typed configuration of a distillation run, and its strict loading.
+
+`DistillConfig` is a frozen dataclass whose defaults are the paper's CIFAR
+values (METHOD.md); `SMALL_PRESET` holds the CPU-sized values used for the
+offline data sets. A run's config is built in layers: defaults, then the
+dataset's preset, then a YAML file, then command-line flags. Every layer goes
+through `from_mapping`, which rejects unknown keys and out-of-range values
+with a one-line `LrwaError` naming the key and what it accepts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from lrwa.errors import LrwaError
+
+MODES = ("acquire", "joint", "meta")
+REPLAYS = ("none", "memory", "generative")
+MAX_REPLAY_RATIO = 4.0
+
+
+def _field(default: Any, *, low: float | None = None, high: float | None = None,
+           low_open: bool = False, choices: tuple[str, ...] | None = None, doc: str = "") -> Any:
+    """A dataclass field that carries its own allowed range, so validation is declared once."""
+    return dataclasses.field(default=default, metadata={
+        "low": low, "high": high, "low_open": low_open, "choices": choices, "doc": doc})
+
+
+@dataclasses.dataclass(frozen=True)
+class DistillConfig:
+    # What is distilled into what. teacher=None means the embedded mnist5k LeNet-5 teacher.
+    teacher: str | None = _field(None, doc="teacher checkpoint file")
+    teacher_arch: str | None = _field(None, doc="architecture of a plain state_dict teacher")
+    dataset: str | None = _field(None, doc="dataset of a plain state_dict teacher")
+    student: str = _field("resnet18", doc="student architecture")
+    data_root: str | None = _field(None, doc="folder holding CIFAR/SVHN files")
+    download: bool = _field(False, doc="download CIFAR/SVHN into data_root if missing")
+
+    # The student update (METHOD.md): acquire-only, joint (baselines) or meta (LRWA).
+    mode: str = _field("meta", choices=MODES)
+    alpha: float = _field(0.9, low=0.0, high=100.0, doc="inner SGD step size of the meta step")
+    inner_weight_decay: float = _field(5e-4, low=0.0, high=1.0)
+    first_order: bool = _field(False, doc="drop the second-order terms of the meta gradient")
+    student_loss: str = _field("l1", choices=("l1", "kl"))
+    kl_temperature: float = _field(4.0, low=0.0, low_open=True, high=100.0)
+
+    # Replay of past pseudo samples for the retention loss.
+    replay: str = _field("memory", choices=REPLAYS)
+    buffer_size: int = _field(640, low=1, high=10_000_000, doc="memory bank capacity, samples")
+    replay_ratio: float = _field(0.125, low=0.0, low_open=True, high=MAX_REPLAY_RATIO,
+                                 doc="replayed batch / fresh batch")
+    insertion: str = _field("fifo", choices=("fifo", "reservoir"))
+    insert_every: int = _field(72, low=1, high=10_000_000,
+                               doc="iterations between insertions; the first is at iteration 0")
+    insert_size: int = _field(0, low=0, high=1_000_000,
+                              doc="samples per insertion; 0 means one replayed batch")
+    vae_latent_dim: int = _field(256, low=1, high=100_000)
+    vae_lr: float = _field(1e-3, low=0.0, low_open=True, high=10.0)
+    vae_kl_weight: float = _field(1e-5, low=0.0, high=1e3)
+
+    # The generator and its adversarial loss.
+    generator_loss: str = _field("pre-dfkd", choices=("pre-dfkd", "dfad"))
+    latent_dim: int = _field(1000, low=1, high=100_000)
+    generator_width: int = _field(128, low=2, high=4096, doc="channels of the generator's body")
+    generator_lr: float = _field(0.02, low=0.0, low_open=True, high=10.0)
+    weight_onehot: float = _field(1.0, low=0.0, high=1e3)
+    weight_entropy: float = _field(5.0, low=0.0, high=1e3)
+    weight_activation: float = _field(0.1, low=0.0, high=1e3)
+    weight_adversarial: float = _field(1.0, low=0.0, high=1e3)
+    js_temperature: float = _field(3.0, low=0.0, low_open=True, high=100.0)
+
+    # The loop: each iteration is generator steps, then student steps on fresh batches.
+    epochs: int = _field(400, low=1, high=100_000)
+    iters_per_epoch: int = _field(72, low=1, high=10_000_000)
+    generator_steps: int = _field(1, low=0, high=1000)
+    student_steps: int = _field(10, low=1, high=1000)
+    batch_size: int = _field(512, low=1, high=1_000_000)
+    student_lr: float = _field(0.1, low=0.0, low_open=True, high=10.0)
+    momentum: float = _field(0.9, low=0.0, high=1.0)
+    weight_decay: float = _field(5e-4, low=0.0, high=1.0)
+    schedule: str = _field("cosine", choices=("cosine", "constant"))
+
+    # Measurement and bookkeeping.
+    eval_every: int = _field(1, low=1, high=100_000, doc="epochs between test evaluations")
+    eval_split: str = _field("test", choices=("test", "val"))
+    grad_cos_every: int = _field(10, low=0, high=1_000_000,
+                                 doc="student steps between cos(grad acq, grad ret) probes; 0 off")
+    seed: int = _field(0, low=0, high=2**32 - 1)
+    device: str = _field("auto", choices=("auto", "cpu", "cuda"))
+    bf16: bool = _field(False, doc="bf16 autocast on CUDA")
+
+    @property
+    def replay_batch_size(self) -> int:
+        """Replayed samples per student step: replay_ratio x the fresh batch, at least one."""
+        return max(1, round(self.replay_ratio * self.batch_size))
+
+    @property
+    def samples_per_insertion(self) -> int:
+        return self.insert_size or self.replay_batch_size
+
+    def replace(self, **changes: Any) -> DistillConfig:
+        return from_mapping(changes, base=self)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+# CPU-sized values for the offline data sets: minutes, not hours, on two cores.
+SMALL_PRESET: dict[str, Any] = {
+    "student": "lenet5-half",
+    "latent_dim": 100,
+    "generator_width": 32,  # the 128-wide generator costs ~30 GFLOP a batch at 28x28
+    "epochs": 20,
+    "iters_per_epoch": 20,
+    "student_steps": 5,
+    "batch_size": 256,
+    "buffer_size": 2048,
+    "replay_ratio": 0.25,
+    "insert_every": 2,
+    "insertion": "reservoir",
+    "vae_latent_dim": 64,
+}
+PRESETS: dict[str, dict[str, Any]] = {"mnist5k": SMALL_PRESET, "digits": SMALL_PRESET}
+
+_FIELDS = {f.name: f for f in dataclasses.fields(DistillConfig)}
+
+
+def _coerce(name: str, value: Any, annotation: str) -> Any:
+    """Turn a YAML/CLI value into the field's type, or fail naming the key."""
+    if value is None and "None" in annotation:
+        return None
+    try:
+        if annotation.startswith("bool"):
+            if isinstance(value, bool):
+                return value
+            if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
+                return value.lower() in ("true", "1", "yes")
+            raise ValueError
+        if annotation.startswith("int"):
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                raise ValueError
+            return int(value)
+        if annotation.startswith("float"):
+            if isinstance(value, bool):
+                raise ValueError
+            number = float(value)
+            if not math.isfinite(number):
+                raise ValueError
+            return number
+        if isinstance(value, (str, Path)):
+            return str(value)
+        raise ValueError
+    except (TypeError, ValueError):
+        kind = annotation.split(" ")[0]
+        raise LrwaError(f"config key '{name}' must be a {kind}, got {value!r}") from None
+
+
+def _check_range(name: str, value: Any) -> None:
+    meta = _FIELDS[name].metadata
+    if meta["choices"] and value not in meta["choices"]:
+        raise LrwaError(f"config key '{name}' is {value!r}; choose from: "
+                        f"{', '.join(meta['choices'])}")
+    low, high = meta["low"], meta["high"]
+    if value is None or low is None:
+        return
+    too_low = value <= low if meta["low_open"] else value < low
+    if too_low or value > high:
+        bracket = "(" if meta["low_open"] else "["
+        raise LrwaError(f"config key '{name}' is {value}; allowed range is "
+                        f"{bracket}{low:g}, {high:g}]")
+
+
+def from_mapping(values: Mapping[str, Any], base: DistillConfig | None = None) -> DistillConfig:
+    """Apply `values` on top of `base` (default: the defaults), strictly."""
+    base = base or DistillConfig()
+    unknown = sorted(set(values) - set(_FIELDS))
+    if unknown:
+        raise LrwaError(f"unknown config key '{unknown[0]}' (known keys: {', '.join(_FIELDS)})")
+    coerced = {}
+    for name, value in values.items():
+        coerced[name] = _coerce(name, value, str(_FIELDS[name].type))
+        _check_range(name, coerced[name])
+    config = dataclasses.replace(base, **coerced)
+    validate(config)
+    return config
+
+
+def validate(config: DistillConfig) -> None:
+    """Checks that involve more than one key."""
+    if config.mode in ("joint", "meta") and config.replay == "none":
+        raise LrwaError(f"mode '{config.mode}' needs a replay scheme: pass --replay memory "
+                        "or --replay generative")
+    if config.replay == "memory" and config.buffer_size < config.replay_batch_size:
+        raise LrwaError(f"buffer_size {config.buffer_size} is smaller than one replayed batch "
+                        f"({config.replay_batch_size} = replay_ratio x batch_size)")
+    if config.replay == "memory" and config.samples_per_insertion > config.buffer_size:
+        raise LrwaError(f"insert_size {config.samples_per_insertion} exceeds buffer_size "
+                        f"{config.buffer_size}")
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML mapping, failing in one line on a missing file or bad YAML."""
+    path = Path(path)
+    if not path.is_file():
+        raise LrwaError(f"config file {path} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise LrwaError(f"config file {path} is not valid YAML{where}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise LrwaError(f"config file {path} must hold a mapping of keys to values")
+    return data
+
+
+def build_config(dataset: str | None, file_values: Mapping[str, Any] | None = None,
+                 overrides: Mapping[str, Any] | None = None) -> DistillConfig:
+    """Defaults, then the dataset's preset, then the file, then explicit overrides."""
+    layered: dict[str, Any] = dict(PRESETS.get(dataset or "", {}))
+    layered.update(file_values or {})
+    layered.update({key: value for key, value in (overrides or {}).items() if value is not None})
+    return from_mapping(layered)

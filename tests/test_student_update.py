@@ -1,0 +1,164 @@
+"""Known answers for the student updates (METHOD.md's sanity facts).
+
+The student is a tiny BatchNorm-free LeNet in float64, so finite differences
+are accurate to far below the 1e-4 tolerance.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.func import functional_call
+
+from lrwa.losses import l1_logits, student_loss
+from lrwa.models import build_model
+from lrwa.student_update import Batch, UpdateRule, student_gradient
+
+ALPHA = 0.5
+INNER_DECAY = 5e-4
+
+
+def _setup(seed: int = 0, loss_name: str = "kl"):
+    torch.manual_seed(seed)
+    student = build_model("lenet5-half", 1, 8, 10).double()
+    fresh = Batch(torch.randn(16, 1, 8, 8, dtype=torch.float64),
+                  torch.randn(16, 10, dtype=torch.float64))
+    replayed = Batch(torch.randn(8, 1, 8, 8, dtype=torch.float64),
+                     torch.randn(8, 10, dtype=torch.float64))
+    # KL is smooth, so central differences converge; L1 is exercised separately below.
+    return student, fresh, replayed, student_loss(loss_name, 2.0)
+
+
+def _flat(tensors) -> torch.Tensor:
+    return torch.cat([t.reshape(-1) for t in tensors])
+
+
+def _meta_objective(student, flat_theta, fresh, replayed, loss) -> torch.Tensor:
+    """L_acq(theta) + L_ret(theta - alpha (grad L_acq(theta) + wd theta)), written from scratch."""
+    names = [name for name, _ in student.named_parameters()]
+    shapes = [p.shape for _, p in student.named_parameters()]
+    pieces = torch.split(flat_theta, [s.numel() for s in shapes])
+    theta = [piece.view(shape) for piece, shape in zip(pieces, shapes)]
+
+    def loss_at(weights, batch):
+        return loss(functional_call(student, dict(zip(names, weights)), (batch.images,)),
+                    batch.targets)
+
+    with torch.enable_grad():
+        leaves = [t.detach().requires_grad_() for t in theta]
+        inner = torch.autograd.grad(loss_at(leaves, fresh), leaves)
+    adapted = [t - ALPHA * (g + INNER_DECAY * t) for t, g in zip(theta, inner)]
+    return loss_at(theta, fresh) + loss_at(adapted, replayed)
+
+
+def test_meta_gradient_matches_central_finite_differences():
+    student, fresh, replayed, loss = _setup()
+    rule = UpdateRule("meta", loss, alpha=ALPHA, inner_weight_decay=INNER_DECAY)
+    analytic = _flat(student_gradient(student, rule, fresh, replayed).gradients)
+    theta = _flat(p.detach() for p in student.parameters())
+    generator = torch.Generator().manual_seed(1)
+    epsilon = 1e-5
+    for _ in range(12):
+        direction = torch.randn(theta.shape, generator=generator, dtype=torch.float64)
+        direction /= direction.norm()
+        with torch.no_grad():
+            # the objective's inner gradient is re-derived at each perturbed point
+            plus = _meta_objective(student, theta + epsilon * direction, fresh, replayed, loss)
+            minus = _meta_objective(student, theta - epsilon * direction, fresh, replayed, loss)
+        numeric = (plus - minus) / (2 * epsilon)
+        expected = analytic @ direction
+        assert abs(numeric - expected) <= 1e-4 * max(abs(expected), 1e-3)
+
+
+def test_alpha_zero_meta_equals_joint_exactly():
+    student, fresh, replayed, loss = _setup(loss_name="l1")
+    joint = student_gradient(student, UpdateRule("joint", loss), fresh, replayed).gradients
+    for first_order in (False, True):
+        rule = UpdateRule("meta", loss, alpha=0.0, inner_weight_decay=INNER_DECAY,
+                          first_order=first_order)
+        meta = student_gradient(student, rule, fresh, replayed).gradients
+        for a, b in zip(meta, joint):
+            assert torch.equal(a, b)
+
+
+def test_retention_term_reaches_theta_unlike_the_released_code():
+    student, fresh, replayed, loss = _setup()
+    ours = student_gradient(student, UpdateRule("meta", loss, alpha=ALPHA), fresh, replayed)
+    released = student_gradient(
+        student, UpdateRule("meta", loss, alpha=ALPHA, detach_inner=True), fresh, replayed)
+    joint = student_gradient(student, UpdateRule("joint", loss), fresh, replayed)
+    difference = (_flat(ours.gradients) - _flat(released.gradients)).norm()
+    assert difference > 1e-3 * _flat(ours.gradients).norm()
+    # The released code's update is the joint update: its meta term never reached theta.
+    for a, b in zip(released.gradients, joint.gradients):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+def test_first_order_equals_its_analytic_form():
+    student, fresh, replayed, loss = _setup()
+    rule = UpdateRule("meta", loss, alpha=ALPHA, inner_weight_decay=INNER_DECAY,
+                      first_order=True)
+    got = student_gradient(student, rule, fresh, replayed).gradients
+    names, params = zip(*student.named_parameters())
+    grad_acq = torch.autograd.grad(loss(student(fresh.images), fresh.targets), params)
+    adapted = {name: (p - ALPHA * (g + INNER_DECAY * p)).detach().requires_grad_()
+               for name, p, g in zip(names, params, grad_acq)}
+    retention = loss(functional_call(student, adapted, (replayed.images,)), replayed.targets)
+    grad_ret = torch.autograd.grad(retention, list(adapted.values()))
+    for value, a, r in zip(got, grad_acq, grad_ret):
+        torch.testing.assert_close(value, a + r, rtol=1e-12, atol=1e-12)
+
+
+def test_second_order_differs_from_first_order_by_the_hessian_term():
+    student, fresh, replayed, loss = _setup()
+    second = _flat(student_gradient(student, UpdateRule("meta", loss, alpha=ALPHA),
+                                    fresh, replayed).gradients)
+    first = _flat(student_gradient(student, UpdateRule("meta", loss, alpha=ALPHA,
+                                                       first_order=True),
+                                   fresh, replayed).gradients)
+    assert (second - first).norm() > 1e-6 * second.norm()
+
+
+def test_acquire_ignores_replay_and_joint_adds_it():
+    student, fresh, replayed, loss = _setup(loss_name="l1")
+    acquire = student_gradient(student, UpdateRule("acquire", loss), fresh, replayed)
+    alone = torch.autograd.grad(l1_logits(student(fresh.images), fresh.targets),
+                                list(student.parameters()))
+    for a, b in zip(acquire.gradients, alone):
+        torch.testing.assert_close(a, b)
+    assert acquire.loss_ret is None
+
+
+@pytest.mark.parametrize("mode", ["acquire", "joint", "meta"])
+def test_cosine_probe_is_a_cosine_and_changes_nothing(mode):
+    student, fresh, replayed, loss = _setup(loss_name="l1")
+    rule = UpdateRule(mode, loss, alpha=ALPHA)
+    plain = student_gradient(student, rule, fresh, replayed, probe_cosine=False)
+    probed = student_gradient(student, rule, fresh, replayed, probe_cosine=True)
+    assert -1.0 <= probed.grad_cos.item() <= 1.0
+    for a, b in zip(plain.gradients, probed.gradients):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_without_replay_every_mode_is_acquisition():
+    student, fresh, _, loss = _setup(loss_name="l1")
+    reference = student_gradient(student, UpdateRule("acquire", loss), fresh).gradients
+    for mode in ("joint", "meta"):
+        got = student_gradient(student, UpdateRule(mode, loss, alpha=ALPHA), fresh).gradients
+        for a, b in zip(got, reference):
+            assert torch.equal(a, b)
+
+
+def test_batchnorm_running_stats_identical_for_meta_alpha_zero_and_joint():
+    torch.manual_seed(0)
+    images = torch.randn(8, 1, 8, 8), torch.randn(4, 1, 8, 8)
+    targets = torch.randn(8, 10), torch.randn(4, 10)
+    buffers = []
+    for rule in (UpdateRule("joint", l1_logits), UpdateRule("meta", l1_logits, alpha=0.0)):
+        torch.manual_seed(3)
+        student = build_model("resnet18", 1, 8, 10)
+        student_gradient(student, rule, Batch(images[0], targets[0]),
+                         Batch(images[1], targets[1]), probe_cosine=True)
+        buffers.append([b.clone() for b in student.buffers()])
+    for a, b in zip(*buffers):
+        assert torch.equal(a, b)
