@@ -53,7 +53,8 @@ class Distiller:
     def __init__(self, config: DistillConfig, teacher: nn.Module, spec: DatasetSpec,
                  eval_images: Tensor, eval_labels: Tensor, device: torch.device | None = None,
                  average_gradients: GradientAverager = _no_averaging, stream: int = 0,
-                 detach_inner: bool = False) -> None:
+                 detach_inner: bool = False,
+                 inner_average: Callable[[list[Tensor]], list[Tensor]] | None = None) -> None:
         self.config = config
         self.device = device or resolve_device(config.device)
         self.spec = spec
@@ -82,7 +83,8 @@ class Distiller:
         self.rule = UpdateRule(
             mode=config.mode, loss=student_loss(config.student_loss, config.kl_temperature),
             alpha=config.alpha, inner_weight_decay=config.inner_weight_decay,
-            first_order=config.first_order, detach_inner=detach_inner, autocast_dtype=autocast)
+            first_order=config.first_order, detach_inner=detach_inner, autocast_dtype=autocast,
+            inner_average=inner_average)
         self.generator_objective = generator_loss(config.generator_loss)
         self.generator_weights = GeneratorLossWeights(
             config.weight_onehot, config.weight_entropy, config.weight_activation,

@@ -61,6 +61,9 @@ class UpdateRule:
     first_order: bool = False
     detach_inner: bool = False    # the released code's defect, for comparison only
     autocast_dtype: torch.dtype | None = None
+    # Data parallel: averages grad L_acq across workers before theta' is formed, so every
+    # worker adapts with the global batch's gradient (must be differentiable for second order).
+    inner_average: Callable[[list[Tensor]], list[Tensor]] | None = None
 
 
 def _cosine(first: Sequence[Tensor], second: Sequence[Tensor]) -> Tensor:
@@ -124,18 +127,19 @@ def student_gradient(student: nn.Module, rule: UpdateRule, fresh: Batch,
         grad_ret_at_theta = _retention_gradient_at_theta(student, names, params, replayed, rule)
         cosine = _cosine([g.detach() for g in grad_acq], grad_ret_at_theta)
 
+    inner_grad = grad_acq if rule.inner_average is None else rule.inner_average(grad_acq)
     if needs_inner_graph:
         # theta' stays a function of theta: grad L_ret(theta') w.r.t. theta carries the
         # (I - alpha H_acq) factor, the term that aligns acquisition with retention.
         adapted = [p - rule.alpha * (g + rule.inner_weight_decay * p)
-                   for p, g in zip(params, grad_acq)]
+                   for p, g in zip(params, inner_grad)]
         loss_ret = _loss_at(student, dict(zip(names, adapted)), replayed, rule)
         grad_ret = torch.autograd.grad(loss_ret, params)
     else:
         # First order (and the released code): theta' is a constant, so the retention
         # gradient is taken at theta' and applied to theta unchanged.
         adapted = [(p - rule.alpha * (g + rule.inner_weight_decay * p)).detach().requires_grad_()
-                   for p, g in zip(params, grad_acq)]
+                   for p, g in zip(params, inner_grad)]
         loss_ret = _loss_at(student, dict(zip(names, adapted)), replayed, rule)
         grad_ret = torch.autograd.grad(loss_ret, adapted)
         if rule.detach_inner:
