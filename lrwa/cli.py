@@ -52,6 +52,13 @@ def _distill_flags(parser: argparse.ArgumentParser) -> None:
     add("--config", help="YAML file of config keys")
     add("--out", required=True, help="run folder (refused if it already holds a run)")
     add("--resume", action="store_true", help="continue the run in --out")
+    ray = parser.add_argument_group("data parallel (Ray Train)")
+    ray.add_argument("--workers", type=int, default=1,
+                     help="data-parallel workers; 1 keeps the plain process")
+    ray.add_argument("--gpus-per-worker", type=float, default=0.0)
+    ray.add_argument("--storage", help="Ray run storage (a folder or s3://...)")
+    ray.add_argument("--sync-batchnorm", action="store_true",
+                     help="SyncBatchNorm across GPU workers")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -86,7 +93,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _explicit_overrides(args: argparse.Namespace) -> dict[str, Any]:
-    skip = {"command", "debug", "config", "out", "resume"}
+    skip = {"command", "debug", "config", "out", "resume", "workers", "gpus_per_worker",
+            "storage", "sync_batchnorm"}
     return {key: value for key, value in vars(args).items()
             if key not in skip and value is not None}
 
@@ -115,18 +123,27 @@ def _distill(args: argparse.Namespace) -> None:
 
     overrides = _explicit_overrides(args)
     out_dir = Path(args.out)
+    if args.workers < 1:
+        raise LrwaError(f"--workers must be at least 1, got {args.workers}")
+    run = run_distillation
+    extra: dict[str, Any] = {}
+    if args.workers > 1 or args.gpus_per_worker > 0:
+        from lrwa.ray_train import run_distributed as run
+
+        extra = {"workers": args.workers, "gpus_per_worker": args.gpus_per_worker,
+                 "storage": args.storage, "sync_batchnorm": args.sync_batchnorm}
     if args.resume:
         if args.config:
             overrides = {**load_yaml(args.config), **overrides}
-        summary = run_distillation(None, out_dir, resume=True, overrides=overrides,
-                                   on_epoch=_print_epoch)
+        summary = run(None, out_dir, resume=True, overrides=overrides, on_epoch=_print_epoch,
+                      **extra)
     else:
         file_values = load_yaml(args.config) if args.config else {}
         draft = build_config(None, file_values, {**overrides, "mode": "acquire",
                                                  "replay": "none"})
         teacher = resolve_teacher(draft)
         config = build_config(teacher.metadata["dataset"], file_values, overrides)
-        summary = run_distillation(config, out_dir, teacher=teacher, on_epoch=_print_epoch)
+        summary = run(config, out_dir, teacher=teacher, on_epoch=_print_epoch, **extra)
     _print_summary(summary, out_dir)
 
 

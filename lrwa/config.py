@@ -156,9 +156,15 @@ def _coerce(name: str, value: Any, annotation: str) -> Any:
         if isinstance(value, (str, Path)):
             return str(value)
         raise ValueError
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         kind = annotation.split(" ")[0]
-        raise LrwaError(f"config key '{name}' must be a {kind}, got {value!r}") from None
+        article = "an" if kind == "int" else "a"
+        raise LrwaError(f"config key '{name}' must be {article} {kind}, got {value!r}") from None
+
+
+def _number(value: float) -> str:
+    """A bound as the user would type it: 10000000, not 1e+07."""
+    return str(int(value)) if float(value).is_integer() else f"{value:g}"
 
 
 def _check_range(name: str, value: Any) -> None:
@@ -173,13 +179,13 @@ def _check_range(name: str, value: Any) -> None:
     if too_low or value > high:
         bracket = "(" if meta["low_open"] else "["
         raise LrwaError(f"config key '{name}' is {value}; allowed range is "
-                        f"{bracket}{low:g}, {high:g}]")
+                        f"{bracket}{_number(low)}, {_number(high)}]")
 
 
 def from_mapping(values: Mapping[str, Any], base: DistillConfig | None = None) -> DistillConfig:
     """Apply `values` on top of `base` (default: the defaults), strictly."""
     base = base or DistillConfig()
-    unknown = sorted(set(values) - set(_FIELDS))
+    unknown = sorted(set(values) - set(_FIELDS), key=str)  # YAML keys need not be strings
     if unknown:
         raise LrwaError(f"unknown config key '{unknown[0]}' (known keys: {', '.join(_FIELDS)})")
     coerced = {}
@@ -207,10 +213,16 @@ def validate(config: DistillConfig) -> None:
 def load_yaml(path: str | Path) -> dict[str, Any]:
     """Read a YAML mapping, failing in one line on a missing file or bad YAML."""
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise LrwaError(f"config file {path} does not exist")
+    if not path.is_file():
+        raise LrwaError(f"config file {path} is not a file")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise LrwaError(f"config file {path} is not valid YAML (not UTF-8 text)") from None
+    except OSError as error:
+        raise LrwaError(f"config file {path} cannot be read ({error.strerror})") from None
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""

@@ -1,0 +1,89 @@
+"""Per-student-step cost of acquire, joint, meta first order and meta second order.
+
+The four updates run interleaved in one process on the same fixed fresh and replayed
+batches (round-robin, so drift in machine load hits all of them alike); each timed step is
+the gradient plus the optimiser step, i.e. exactly what differs between the modes. The
+table gives the median seconds per step and the ratio to joint. Targets: first order
+<= 1.05x joint, second order <= 1.4x joint.
+
+    python benchmarks/step_cost.py                      # LeNet-5-half on 28x28, batch 256
+    python benchmarks/step_cost.py --arch resnet18 --image-size 32 --channels 3 --batch 64
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+from lrwa.losses import l1_logits
+from lrwa.models import build_model
+from lrwa.student_update import Batch, UpdateRule, apply_gradient, student_gradient
+
+RULES = {
+    "acquire": UpdateRule("acquire", l1_logits),
+    "joint": UpdateRule("joint", l1_logits),
+    "meta first order": UpdateRule("meta", l1_logits, alpha=0.9, inner_weight_decay=5e-4,
+                                   first_order=True),
+    "meta second order": UpdateRule("meta", l1_logits, alpha=0.9, inner_weight_decay=5e-4),
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--arch", default="lenet5-half")
+    parser.add_argument("--channels", type=int, default=1)
+    parser.add_argument("--image-size", type=int, default=28)
+    parser.add_argument("--classes", type=int, default=10)
+    parser.add_argument("--batch", type=int, default=256)
+    parser.add_argument("--replay-ratio", type=float, default=0.25)
+    parser.add_argument("--rounds", type=int, default=30)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    args = parser.parse_args()
+
+    device = torch.device(args.device)
+    torch.manual_seed(0)
+    shape = (args.channels, args.image_size, args.image_size)
+    replay_count = max(1, round(args.replay_ratio * args.batch))
+    fresh = Batch(torch.randn(args.batch, *shape, device=device),
+                  torch.randn(args.batch, args.classes, device=device))
+    replayed = Batch(torch.randn(replay_count, *shape, device=device),
+                     torch.randn(replay_count, args.classes, device=device))
+    students = {name: build_model(args.arch, *shape[:1], args.image_size, args.classes).to(device)
+                for name in RULES}
+    optimisers = {name: torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9,
+                                        weight_decay=5e-4) for name, model in students.items()}
+    timings: dict[str, list[float]] = {name: [] for name in RULES}
+
+    def step(name: str) -> float:
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        started = time.perf_counter()
+        result = student_gradient(students[name], RULES[name], fresh, replayed)
+        apply_gradient(students[name], result.gradients)
+        optimisers[name].step()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        return time.perf_counter() - started
+
+    for round_index in range(args.warmup + args.rounds):
+        for name in RULES:
+            elapsed = step(name)
+            if round_index >= args.warmup:
+                timings[name].append(elapsed)
+
+    joint = statistics.median(timings["joint"])
+    print(f"student step cost: {args.arch} on {'x'.join(map(str, shape))}, batch {args.batch} "
+          f"+ {replay_count} replayed, {args.device}, {torch.get_num_threads()} threads, "
+          f"median of {args.rounds} interleaved rounds")
+    print("| update | ms / step | ratio to joint |\n|---|---|---|")
+    for name, samples in timings.items():
+        median = statistics.median(samples)
+        print(f"| {name} | {1e3 * median:.2f} | {median / joint:.2f}x |")
+
+
+if __name__ == "__main__":
+    main()

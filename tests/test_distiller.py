@@ -1,0 +1,145 @@
+"""The engine end to end on the CPU: smoke runs, determinism, alpha = 0, resume, NaN guard."""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+import pytest
+import torch
+
+from lrwa.config import build_config
+from lrwa.data import load_split
+from lrwa.distiller import Distiller, NonFiniteLoss
+from lrwa.run import CHECKPOINT_FILE, load_checkpoint, run_distillation
+from lrwa.sinks import read_metrics
+from lrwa.teacher import train_teacher
+
+TINY = {"epochs": 3, "iters_per_epoch": 3, "student_steps": 2, "batch_size": 64,
+        "generator_width": 16, "latent_dim": 32, "buffer_size": 256, "replay_ratio": 0.25,
+        "insert_every": 1, "vae_latent_dim": 16, "grad_cos_every": 2}
+TIMING_COLUMNS = ["samples_per_s", "train_s", "wall_s"]
+
+
+@pytest.fixture(scope="module")
+def mnist_teacher():
+    return train_teacher("mnist5k", "lenet5", epochs=1, progress=False)
+
+
+@pytest.fixture(scope="module")
+def mnist_test_split():
+    return load_split("mnist5k", "test").tensors()
+
+
+def _distiller(teacher, split, **overrides) -> Distiller:
+    config = build_config("mnist5k", overrides={**TINY, **overrides})
+    images, labels = split
+    return Distiller(config, teacher.model, teacher.spec, images, labels,
+                     device=torch.device("cpu"))
+
+
+def _curve(distiller: Distiller) -> pd.DataFrame:
+    return pd.DataFrame(list(distiller.epochs())).drop(columns=TIMING_COLUMNS)
+
+
+@pytest.mark.parametrize(("mode", "replay"), [
+    ("acquire", "none"), ("acquire", "memory"), ("joint", "memory"), ("joint", "generative"),
+    ("meta", "memory"), ("meta", "generative")])
+def test_smoke_every_mode_and_replay(mnist_teacher, mnist_test_split, mode, replay):
+    distiller = _distiller(mnist_teacher, mnist_test_split, mode=mode, replay=replay)
+    rows = list(distiller.epochs())
+    assert [row["epoch"] for row in rows] == [1, 2, 3]
+    for row in rows:
+        assert 0.0 <= row["test_acc"] <= 1.0
+        assert math.isfinite(row["loss_acq"]) and math.isfinite(row["loss_gen"])
+        assert row["samples_per_s"] > 0
+    if mode == "acquire" and replay == "none":
+        assert math.isnan(rows[-1]["loss_ret"]) and rows[-1]["buffer_fill"] == 0.0
+    else:
+        assert 0.0 < rows[-1]["buffer_fill"] <= 1.0
+        assert -1.0 <= rows[-1]["grad_cos"] <= 1.0
+    if mode != "acquire":
+        assert math.isfinite(rows[-1]["loss_ret"])
+
+
+def test_first_order_meta_smoke(mnist_teacher, mnist_test_split):
+    rows = list(_distiller(mnist_teacher, mnist_test_split, first_order=True, epochs=1).epochs())
+    assert math.isfinite(rows[0]["loss_ret"])
+
+
+def test_student_learns_from_the_teacher(mnist_teacher, mnist_test_split):
+    """A short run beats chance by a wide margin: the pipeline transfers knowledge."""
+    distiller = _distiller(mnist_teacher, mnist_test_split, epochs=3, iters_per_epoch=10,
+                           student_steps=5, batch_size=128, generator_width=32)
+    rows = list(distiller.epochs())
+    assert max(row["test_acc"] for row in rows) > 0.2  # chance is 0.1
+
+
+def test_one_seed_gives_identical_runs(mnist_teacher, mnist_test_split):
+    first = _curve(_distiller(mnist_teacher, mnist_test_split))
+    second = _curve(_distiller(mnist_teacher, mnist_test_split))
+    pd.testing.assert_frame_equal(first, second)
+    other_seed = _curve(_distiller(mnist_teacher, mnist_test_split, seed=1))
+    assert not first["loss_acq"].equals(other_seed["loss_acq"])
+
+
+@pytest.mark.parametrize("replay", ["memory", "generative"])
+def test_meta_at_alpha_zero_is_the_joint_run(mnist_teacher, mnist_test_split, replay):
+    joint = _distiller(mnist_teacher, mnist_test_split, mode="joint", replay=replay)
+    meta = _distiller(mnist_teacher, mnist_test_split, mode="meta", replay=replay, alpha=0.0)
+    pd.testing.assert_frame_equal(_curve(joint), _curve(meta), check_exact=True)
+    for a, b in zip(joint.student.state_dict().values(), meta.student.state_dict().values()):
+        assert torch.equal(a, b)
+
+
+def test_meta_at_positive_alpha_is_not_the_joint_run(mnist_teacher, mnist_test_split):
+    joint = _curve(_distiller(mnist_teacher, mnist_test_split, mode="joint", epochs=1))
+    meta = _curve(_distiller(mnist_teacher, mnist_test_split, mode="meta", alpha=0.9,
+                             epochs=1))
+    assert not joint["loss_ret"].equals(meta["loss_ret"])
+
+
+class _StopAfter:
+    """Simulates a kill after `epochs` completed epochs (their files are already written)."""
+
+    def __init__(self, epochs: int) -> None:
+        self.epochs = epochs
+
+    def __call__(self, row: dict) -> None:
+        if row["epoch"] == self.epochs:
+            raise KeyboardInterrupt
+
+
+@pytest.mark.parametrize("replay", ["memory", "generative"])
+def test_kill_and_resume_equals_uninterrupted(mnist_teacher, tmp_path, replay):
+    config = build_config("mnist5k", overrides={**TINY, "epochs": 4, "replay": replay})
+    run_distillation(config, tmp_path / "whole", teacher=mnist_teacher, progress=False)
+    with pytest.raises(KeyboardInterrupt):
+        run_distillation(config, tmp_path / "killed", teacher=mnist_teacher,
+                         on_epoch=_StopAfter(2), progress=False)
+    assert len(read_metrics(tmp_path / "killed")) == 2
+    run_distillation(None, tmp_path / "killed", resume=True, teacher=mnist_teacher,
+                     progress=False)
+    whole = read_metrics(tmp_path / "whole").drop(columns=TIMING_COLUMNS)
+    resumed = read_metrics(tmp_path / "killed").drop(columns=TIMING_COLUMNS)
+    assert resumed["epoch"].tolist() == [1, 2, 3, 4]
+    pd.testing.assert_frame_equal(whole, resumed, check_exact=True)
+
+
+def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(mnist_teacher, tmp_path,
+                                                              monkeypatch):
+    config = build_config("mnist5k", overrides={**TINY, "epochs": 3})
+    original = Distiller.student_step
+
+    def poisoned(self, probe_cosine):
+        if self.epoch == 1 and self.step == self.config.student_steps * 4:
+            with torch.no_grad():
+                next(self.student.parameters()).fill_(math.nan)
+        return original(self, probe_cosine)
+
+    monkeypatch.setattr(Distiller, "student_step", poisoned)
+    with pytest.raises(NonFiniteLoss, match=r"epoch 2, iteration \d+ \(student step \d+\)"):
+        run_distillation(config, tmp_path / "run", teacher=mnist_teacher, progress=False)
+    assert load_checkpoint(tmp_path / "run")["distiller"]["epoch"] == 1
+    assert (tmp_path / "run" / CHECKPOINT_FILE).is_file()
+    assert len(read_metrics(tmp_path / "run")) == 1
