@@ -119,7 +119,7 @@ def _print_summary(summary: dict[str, Any], out_dir: Path) -> None:
 
 def _distill(args: argparse.Namespace) -> None:
     from lrwa.config import build_config, load_yaml
-    from lrwa.run import resolve_teacher, run_distillation
+    from lrwa.run import prepare_out_dir, resolve_teacher, run_distillation
 
     overrides = _explicit_overrides(args)
     out_dir = Path(args.out)
@@ -141,6 +141,16 @@ def _distill(args: argparse.Namespace) -> None:
         file_values = load_yaml(args.config) if args.config else {}
         draft = build_config(None, file_values, {**overrides, "mode": "acquire",
                                                  "replay": "none"})
+        if draft.teacher is None:
+            # The embedded teacher takes a while to train once; its data set is known without it.
+            from lrwa.teacher import DEFAULT_TEACHER
+
+            default_dataset = DEFAULT_TEACHER["dataset"]
+            if draft.dataset not in (None, default_dataset):
+                raise LrwaError(f"--dataset {draft.dataset} needs --teacher: the embedded "
+                                f"teacher is trained on {default_dataset}")
+            build_config(default_dataset, file_values, overrides)
+        prepare_out_dir(out_dir, resume=False)  # refuse a used --out before loading a teacher
         teacher = resolve_teacher(draft)
         config = build_config(teacher.metadata["dataset"], file_values, overrides)
         summary = run(config, out_dir, teacher=teacher, on_epoch=_print_epoch, **extra)
@@ -165,6 +175,8 @@ def _teacher(args: argparse.Namespace) -> None:
 
     if args.teacher_command == "train":
         out = Path(args.out)
+        if out.is_dir():
+            raise LrwaError(f"{out} is a folder; --out takes a checkpoint file name")
         if out.exists() and not args.force:
             raise LrwaError(f"{out} already exists; pass --force to replace it")
         if args.epochs is not None and args.epochs < 1:

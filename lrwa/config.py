@@ -198,7 +198,12 @@ def from_mapping(values: Mapping[str, Any], base: DistillConfig | None = None) -
 
 
 def validate(config: DistillConfig) -> None:
-    """Checks that involve more than one key."""
+    """Checks that involve more than one key, or a registry."""
+    from lrwa.models import model_names
+
+    if config.student not in model_names():
+        raise LrwaError(f"config key 'student' is {config.student!r}; choose from: "
+                        f"{', '.join(model_names())}")
     if config.mode in ("joint", "meta") and config.replay == "none":
         raise LrwaError(f"mode '{config.mode}' needs a replay scheme: pass --replay memory "
                         "or --replay generative")

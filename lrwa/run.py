@@ -20,7 +20,7 @@ import yaml
 
 import lrwa
 from lrwa.atomic import atomic_path, write_text
-from lrwa.config import DistillConfig, from_mapping
+from lrwa.config import DistillConfig, from_mapping, load_yaml
 from lrwa.data import load_split
 from lrwa.distiller import Distiller, resolve_device
 from lrwa.errors import LrwaError
@@ -57,7 +57,7 @@ def prepare_out_dir(out_dir: Path, resume: bool) -> None:
 
 
 def saved_config(out_dir: Path) -> DistillConfig:
-    return from_mapping(yaml.safe_load((out_dir / CONFIG_FILE).read_text()))
+    return from_mapping(load_yaml(out_dir / CONFIG_FILE))
 
 
 def reconcile_resume(out_dir: Path, overrides: Mapping[str, Any]) -> DistillConfig:

@@ -14,8 +14,9 @@ import hashlib
 import json
 import os
 import pickle
+import re
 import time
-import zipfile
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -146,18 +147,27 @@ def save_teacher(teacher: Teacher, path: str | Path) -> None:
 
 
 def _read_checkpoint(path: Path) -> Any:
-    if not path.is_file():
+    if not path.exists():
         raise LrwaError(f"teacher file {path} does not exist")
+    if not path.is_file():
+        raise LrwaError(f"teacher file {path} is not a file")
     if path.stat().st_size == 0:
         raise LrwaError(f"teacher file {path} is empty")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            # torch warns about foreign pickle protocols; the user gets our one line instead.
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
-        # weights_only refuses any global it does not know before calling it.
-        detail = str(error).split("Unsupported global:")[-1].strip().split("\n")[0][:80]
-        raise LrwaError(f"teacher file {path} refused: unpickling it would run code or build "
-                        f"objects ({detail}); lrwa loads only plain state_dicts") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError):
+        # weights_only refuses any global it does not know before calling it; torch words
+        # this "Unsupported global: GLOBAL io.open" or "unsupported GLOBAL posix.system".
+        refused = re.search(r"GLOBAL ([\w.]+)", str(error))
+        if refused:
+            raise LrwaError(f"teacher file {path} refused: unpickling it would call "
+                            f"{refused.group(1)}; lrwa loads only plain state_dicts") from None
+        raise LrwaError(f"teacher file {path} is not a readable PyTorch checkpoint "
+                        "(corrupt, or not written by torch.save)") from None
+    except Exception:  # noqa: BLE001 - the legacy loader fails on garbage with any type
         raise LrwaError(f"teacher file {path} is not a readable PyTorch checkpoint "
                         "(corrupt or truncated)") from None
 
@@ -180,7 +190,15 @@ def load_teacher(path: str | Path, arch: str | None = None,
     if not isinstance(loaded, dict):
         raise LrwaError(f"teacher file {path} holds a {type(loaded).__name__}, not a state_dict")
     if loaded.get("format") == CHECKPOINT_FORMAT:
-        metadata = dict(loaded["metadata"])
+        metadata = loaded.get("metadata")
+        if not isinstance(metadata, dict):
+            metadata = {}
+        missing = [key for key in ("arch", "dataset") if key not in metadata]
+        missing += [] if "state_dict" in loaded else ["state_dict"]
+        if missing:
+            raise LrwaError(f"teacher file {path} is a damaged lrwa checkpoint "
+                            f"(missing {', '.join(missing)})")
+        metadata = dict(metadata)
         state_dict = loaded["state_dict"]
         for key, named in (("arch", arch), ("dataset", dataset)):
             if named is not None and named != metadata[key]:
@@ -198,7 +216,8 @@ def load_teacher(path: str | Path, arch: str | None = None,
     spec = dataset_spec(metadata["dataset"])
     _check_fits(path, metadata, spec)
     model = build_model(metadata["arch"], spec.channels, spec.image_size, spec.num_classes)
-    if not all(isinstance(value, torch.Tensor) for value in state_dict.values()):
+    if not isinstance(state_dict, dict) or not all(
+            isinstance(value, torch.Tensor) for value in state_dict.values()):
         raise LrwaError(f"teacher file {path} is not a state_dict of tensors")
     try:
         model.load_state_dict(state_dict)
@@ -223,19 +242,19 @@ def default_teacher(progress: bool = True) -> Teacher:
     The cache key covers everything that determines the weights, so changing the
     recipe or lrwa's version trains a fresh teacher instead of reusing a stale one.
     """
-    key_source = json.dumps({**DEFAULT_TEACHER, "recipe": asdict(RECIPES["mnist5k"]),
+    dataset, arch = DEFAULT_TEACHER["dataset"], DEFAULT_TEACHER["arch"]
+    key_source = json.dumps({**DEFAULT_TEACHER, "recipe": asdict(RECIPES[dataset]),
                              "version": lrwa.__version__}, sort_keys=True)
     key = hashlib.sha256(key_source.encode()).hexdigest()[:12]
-    path = cache_dir() / "teachers" / f"mnist5k-lenet5-{key}.pt"
+    path = cache_dir() / "teachers" / f"{dataset}-{arch}-{key}.pt"
     if path.is_file():
         try:
             return load_teacher(path)
         except LrwaError:
             pass  # a damaged cache entry is rebuilt, never trusted
     if progress:
-        print(f"training the embedded mnist5k LeNet-5 teacher once (cached at {path})",
+        print(f"training the embedded {dataset} {arch} teacher once (cached at {path})",
               flush=True)
-    teacher = train_teacher(DEFAULT_TEACHER["dataset"], DEFAULT_TEACHER["arch"],
-                            seed=DEFAULT_TEACHER["seed"], progress=progress)
+    teacher = train_teacher(dataset, arch, seed=DEFAULT_TEACHER["seed"], progress=progress)
     save_teacher(teacher, path)
     return teacher

@@ -1,0 +1,271 @@
+"""Known answers for the strict config: every bad key or value is refused in one line naming it.
+
+Pure Python and YAML, no torch work: the whole file runs in well under a second.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import yaml
+
+from lrwa.config import (
+    PRESETS,
+    SMALL_PRESET,
+    DistillConfig,
+    build_config,
+    from_mapping,
+    load_yaml,
+)
+from lrwa.errors import LrwaError
+
+
+def refusal(values: dict, base: DistillConfig | None = None) -> str:
+    """The one-line message `from_mapping(values)` fails with."""
+    with pytest.raises(LrwaError) as caught:
+        from_mapping(values, base=base)
+    message = str(caught.value)
+    assert "\n" not in message
+    return message
+
+
+# ---------------------------------------------------------------- defaults and unknown keys
+
+
+def test_empty_mapping_gives_the_defaults() -> None:
+    assert from_mapping({}) == DistillConfig()
+
+
+def test_unknown_key_is_named() -> None:
+    message = refusal({"epochs": 3, "epoch_count": 5})
+    assert "unknown config key 'epoch_count'" in message
+
+
+def test_unknown_non_string_yaml_key_is_named() -> None:
+    # YAML allows integer keys; mixing them with strings must not crash the sort.
+    message = refusal({1: "a", "bogus": "b"})
+    assert message.startswith("unknown config key '1'")
+
+
+# ---------------------------------------------------------------- ranges
+
+
+@pytest.mark.parametrize(("key", "value", "allowed"), [
+    ("epochs", 0, "[1, 100000]"),
+    ("epochs", -3, "[1, 100000]"),
+    ("alpha", -0.1, "[0, 100]"),
+    ("replay_ratio", 0, "(0, 4]"),
+    ("replay_ratio", 4.5, "(0, 4]"),
+    ("buffer_size", 0, "[1, 10000000]"),
+    ("batch_size", 0, "[1, 1000000]"),
+    ("kl_temperature", 0.0, "(0, 100]"),
+    ("momentum", 1.5, "[0, 1]"),
+    ("seed", -1, "[0, 4294967295]"),
+])
+def test_out_of_range_names_key_and_range(key: str, value: float, allowed: str) -> None:
+    message = refusal({key: value})
+    assert f"config key '{key}'" in message
+    assert f"allowed range is {allowed}" in message
+
+
+@pytest.mark.parametrize(("key", "value"), [
+    ("epochs", 1), ("alpha", 0.0), ("replay_ratio", 1e-3), ("momentum", 1.0),
+])
+def test_range_bounds_are_inclusive_where_declared(key: str, value: float) -> None:
+    assert getattr(from_mapping({key: value}), key) == value
+
+
+def test_largest_replay_ratio_is_accepted_with_a_buffer_to_match() -> None:
+    config = from_mapping({"replay_ratio": 4.0, "batch_size": 16, "buffer_size": 64})
+    assert config.replay_batch_size == 64
+
+
+# ---------------------------------------------------------------- types
+
+
+@pytest.mark.parametrize(("key", "value", "kind"), [
+    ("epochs", "ten", "an int"),
+    ("epochs", 2.5, "an int"),
+    ("epochs", True, "an int"),
+    ("epochs", [3], "an int"),
+    ("alpha", "big", "a float"),
+    ("alpha", float("nan"), "a float"),
+    ("alpha", float("inf"), "a float"),
+    ("alpha", False, "a float"),
+    ("download", "maybe", "a bool"),
+    ("download", 1, "a bool"),
+    ("student", 3, "a str"),
+    ("mode", None, "a str"),
+])
+def test_wrong_type_names_key_and_type(key: str, value: object, kind: str) -> None:
+    message = refusal({key: value})
+    assert f"config key '{key}' must be {kind}" in message
+
+
+@pytest.mark.parametrize(("key", "value", "expected"), [
+    ("epochs", "10", 10),        # a CLI or YAML string that is a whole number
+    ("epochs", 3.0, 3),
+    ("alpha", "0.5", 0.5),
+    ("alpha", 1, 1.0),
+    ("download", "yes", True),
+    ("first_order", "false", False),
+    ("teacher", None, None),     # optional keys take null
+])
+def test_values_are_coerced_to_the_field_type(key: str, value: object, expected: object) -> None:
+    coerced = getattr(from_mapping({key: value}), key)
+    assert coerced == expected
+    assert type(coerced) is type(expected)
+
+
+# ---------------------------------------------------------------- choices
+
+
+@pytest.mark.parametrize(("key", "value", "choices"), [
+    ("mode", "maml", "acquire, joint, meta"),
+    ("replay", "ring", "none, memory, generative"),
+    ("student_loss", "mse", "l1, kl"),
+    ("generator_loss", "gan", "pre-dfkd, dfad"),
+    ("insertion", "lifo", "fifo, reservoir"),
+])
+def test_unknown_choice_lists_the_choices(key: str, value: str, choices: str) -> None:
+    message = refusal({key: value})
+    assert f"config key '{key}' is '{value}'; choose from: {choices}" == message
+
+
+# ---------------------------------------------------------------- keys checked together
+
+
+@pytest.mark.parametrize("mode", ["meta", "joint"])
+def test_mode_that_replays_refuses_replay_none(mode: str) -> None:
+    message = refusal({"mode": mode, "replay": "none"})
+    assert f"mode '{mode}' needs a replay scheme" in message
+    assert "--replay memory" in message
+
+
+def test_acquire_without_replay_is_fine() -> None:
+    assert from_mapping({"mode": "acquire", "replay": "none"}).replay == "none"
+
+
+def test_buffer_smaller_than_one_replayed_batch() -> None:
+    # 0.125 x 512 = 64 replayed samples per step; a 63-sample bank cannot serve one batch.
+    assert DistillConfig().replay_batch_size == 64
+    message = refusal({"buffer_size": 63})
+    assert "buffer_size 63 is smaller than one replayed batch (64" in message
+    assert from_mapping({"buffer_size": 64}).buffer_size == 64
+
+
+def test_insert_size_larger_than_buffer() -> None:
+    message = refusal({"insert_size": 700, "buffer_size": 640})
+    assert "insert_size 700 exceeds buffer_size 640" in message
+
+
+def test_replay_batch_is_at_least_one_sample() -> None:
+    assert from_mapping({"replay_ratio": 1e-4, "batch_size": 8}).replay_batch_size == 1
+
+
+# ---------------------------------------------------------------- frozen, replace, round trip
+
+
+def test_config_is_frozen() -> None:
+    config = DistillConfig()
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.epochs = 3  # type: ignore[misc]
+
+
+def test_replace_validates_and_leaves_the_original() -> None:
+    config = DistillConfig()
+    assert config.replace(epochs=3).epochs == 3
+    assert config.epochs == 400
+    with pytest.raises(LrwaError, match="'epochs'"):
+        config.replace(epochs=0)
+    with pytest.raises(LrwaError, match="needs a replay scheme"):
+        config.replace(replay="none")
+
+
+def test_to_dict_round_trips_through_yaml() -> None:
+    # A run folder's config.yaml is read back on resume; it must rebuild the same config.
+    config = build_config("digits", {"teacher": "t.pt", "alpha": 0.25, "first_order": True})
+    assert from_mapping(yaml.safe_load(yaml.safe_dump(config.to_dict()))) == config
+
+
+# ---------------------------------------------------------------- YAML files
+
+
+def test_load_yaml_reads_a_mapping(tmp_path) -> None:
+    path = tmp_path / "run.yaml"
+    path.write_text("epochs: 7\nmode: joint\n")
+    assert load_yaml(path) == {"epochs": 7, "mode": "joint"}
+
+
+def test_load_yaml_empty_file_is_an_empty_mapping(tmp_path) -> None:
+    path = tmp_path / "empty.yaml"
+    path.write_text("")
+    assert load_yaml(path) == {}
+
+
+@pytest.mark.parametrize(("name", "content", "expected"), [
+    ("bad.yaml", "epochs: [1, 2\nmode: meta\n", "is not valid YAML at line"),
+    ("tabs.yaml", "epochs: 1\n\tmode: meta\n", "is not valid YAML"),
+    ("binary.yaml", b"\x95\x00\xff\xfe garbage", "is not valid YAML"),
+    ("list.yaml", "- epochs\n- 3\n", "must hold a mapping of keys to values"),
+    ("scalar.yaml", "just a sentence\n", "must hold a mapping of keys to values"),
+])
+def test_load_yaml_refuses_what_is_not_a_mapping(tmp_path, name: str, content: str | bytes,
+                                                 expected: str) -> None:
+    path = tmp_path / name
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    else:
+        path.write_text(content)
+    with pytest.raises(LrwaError) as caught:
+        load_yaml(path)
+    message = str(caught.value)
+    assert message.startswith(f"config file {path} ")
+    assert expected in message
+    assert "\n" not in message
+
+
+def test_load_yaml_missing_file(tmp_path) -> None:
+    with pytest.raises(LrwaError, match="does not exist"):
+        load_yaml(tmp_path / "nope.yaml")
+
+
+def test_load_yaml_directory(tmp_path) -> None:
+    with pytest.raises(LrwaError, match="is not a file"):
+        load_yaml(tmp_path)
+
+
+# ---------------------------------------------------------------- layering
+
+
+def test_layers_apply_in_order_defaults_preset_file_overrides() -> None:
+    defaults = DistillConfig()
+    config = build_config(
+        "digits",
+        file_values={"epochs": 7, "latent_dim": 50, "alpha": 0.5},
+        overrides={"epochs": 3, "alpha": None},  # None: a CLI flag the user did not type
+    )
+    assert config.epochs == 3                                  # override beats file and preset
+    assert config.latent_dim == 50                             # file beats preset
+    assert config.alpha == 0.5                                 # an unset override keeps the file
+    assert config.student == SMALL_PRESET["student"]           # preset beats defaults
+    assert config.momentum == defaults.momentum                # untouched default
+    assert build_config("digits").epochs == SMALL_PRESET["epochs"]
+    assert build_config(None) == defaults
+    assert set(PRESETS) >= {"digits", "mnist5k"}
+
+
+def test_layers_are_validated_together_not_one_by_one() -> None:
+    # 2.0 x 512 = 1024 replayed samples do not fit the default 640-sample bank,
+    # but 2.0 x 256 = 512 fit the small preset's 2048: only the layered whole is checked.
+    with pytest.raises(LrwaError, match="smaller than one replayed batch"):
+        build_config(None, {"replay_ratio": 2.0})
+    assert build_config("digits", {"replay_ratio": 2.0}).replay_batch_size == 512
+
+
+def test_unknown_key_in_any_layer_is_refused() -> None:
+    with pytest.raises(LrwaError, match="unknown config key 'epoch'"):
+        build_config("digits", file_values={"epoch": 3})
+    with pytest.raises(LrwaError, match="unknown config key 'lr'"):
+        build_config("digits", overrides={"lr": 0.1})
