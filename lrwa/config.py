@@ -115,6 +115,9 @@ class DistillConfig:
 SMALL_PRESET: dict[str, Any] = {
     "student": "lenet5-half",
     "latent_dim": 100,
+    # At this scale alpha = 0.9 (the CIFAR value) slowed learning: 65% after 5 epochs against
+    # 93% for alpha = 0.1 and for joint (4 epochs, mnist5k, seed 0); studies search alpha.
+    "alpha": 0.1,
     "generator_width": 32,  # the 128-wide generator costs ~30 GFLOP a batch at 28x28
     "epochs": 20,
     "iters_per_epoch": 20,
