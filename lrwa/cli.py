@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import math
 import sys
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
@@ -87,8 +86,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     _distill_flags(commands.add_parser("distill", help="distil a student from a teacher"))
 
-    quickstart = commands.add_parser("quickstart", help="the embedded default end to end")
-    quickstart.add_argument("--out", help="run folder (default: runs/quickstart-<time>)")
+    commands.add_parser("quickstart", help="the quickstart study on the embedded default, "
+                        "end to end (about 10 minutes on 2 CPU cores)")
+
+    from lrwa.tune.commands import add_commands
+
+    add_commands(commands)  # `lrwa tune` and `lrwa report`
     return parser
 
 
@@ -132,6 +135,8 @@ def _distill(args: argparse.Namespace) -> None:
 
         extra = {"workers": args.workers, "gpus_per_worker": args.gpus_per_worker,
                  "storage": args.storage, "sync_batchnorm": args.sync_batchnorm}
+    if args.resume and args.workers == 1 and (out_dir / "ray_run.json").is_file():
+        raise LrwaError(f"{out_dir} is a data-parallel run; resume it with the same --workers")
     if args.resume:
         if args.config:
             overrides = {**load_yaml(args.config), **overrides}
@@ -158,15 +163,10 @@ def _distill(args: argparse.Namespace) -> None:
 
 
 def _quickstart(args: argparse.Namespace) -> None:
-    from lrwa.config import build_config
-    from lrwa.run import resolve_teacher, run_distillation
+    del args
+    from lrwa.tune.commands import run_quickstart
 
-    out_dir = Path(args.out or f"runs/quickstart-{time.strftime('%Y%m%d-%H%M%S')}")
-    config = build_config("mnist5k", overrides={"epochs": 10})
-    teacher = resolve_teacher(config)
-    print(f"teacher: mnist5k lenet5, test accuracy {100 * teacher.metadata['test_acc']:.2f}%")
-    summary = run_distillation(config, out_dir, teacher=teacher, on_epoch=_print_epoch)
-    _print_summary(summary, out_dir)
+    run_quickstart()
 
 
 def _teacher(args: argparse.Namespace) -> None:
@@ -201,7 +201,8 @@ COMMANDS = {"distill": _distill, "quickstart": _quickstart, "teacher": _teacher}
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        COMMANDS[args.command](args)
+        handler = COMMANDS.get(args.command) or args.func
+        handler(args)
     except LrwaError as error:
         if args.debug:
             raise
