@@ -1,0 +1,182 @@
+"""What the study harness costs: Tune + Optuna per trial, the quickstart, loading results.
+
+(a) One trial of about a minute (mnist5k small preset, embedded teacher, one thread)
+    run directly through `run_distillation` and as a one-trial study, alternately, the
+    fastest of each kept; the difference is the harness's cost per trial (Ray's own
+    start, once per session, is shown apart). Target: <= 5% of a 60 s trial.
+(b) `tune_studies/quickstart.yaml` end to end, into a temporary folder.
+(c) `lrwa.analysis.load_study` on a synthetic study of 1,000 trials x 400 epochs
+    written in the curves layout. Target: <= 2 s.
+
+    python benchmarks/tune_overhead.py            # all three, about 10 minutes on 2 cores
+    python benchmarks/tune_overhead.py --quick    # short trials, no quickstart
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import os
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+from lrwa.config import build_config
+from lrwa.run import resolve_teacher, run_distillation
+
+
+def _study_file(folder: Path, name: str, epochs: int, iters: int, cpus: int,
+                trials: int = 1) -> Path:
+    data = {
+        "name": name,
+        "base": {"mode": "meta", "replay": "memory", "epochs": epochs,
+                 "iters_per_epoch": iters},
+        # A space of one point: every trial runs exactly the direct run's config.
+        "space": {"alpha": {"type": "categorical", "choices": [0.9]}},
+        "objective": {"metric": "mean_acc", "direction": "max"},
+        "budget": {"trials": trials, "max_concurrent": 1},
+        "resources": {"cpus": cpus, "gpus": 0, "workers": 1},
+        "seed": 0,
+    }
+    path = folder / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def harness_overhead(folder: Path, epochs: int, iters: int, cpus: int,
+                     repeats: int) -> list[tuple]:
+    import ray
+    import torch
+
+    from lrwa.tune.runner import run_study
+    from lrwa.tune.study import load_study_file
+
+    config = build_config("mnist5k", overrides={"epochs": epochs, "iters_per_epoch": iters,
+                                                "mode": "meta", "replay": "memory"})
+    teacher = resolve_teacher(config)
+    torch.set_num_threads(cpus)
+    started = time.perf_counter()
+    ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False,
+             logging_level=logging.ERROR)
+    ray_start = time.perf_counter() - started
+    direct_s, study_s = [], []
+    # Direct run and one-trial study alternate, and the fastest of each counts: on a
+    # shared machine a burst of someone else's work then hits both or neither.
+    for index in range(repeats):
+        started = time.perf_counter()
+        run_distillation(config, folder / f"direct-{index}", teacher=teacher, progress=False)
+        direct_s.append(time.perf_counter() - started)
+        study = load_study_file(_study_file(folder, f"overhead-{index}", epochs, iters, cpus))
+        started = time.perf_counter()
+        run_study(study, folder / "results", out=lambda line: None)
+        study_s.append(time.perf_counter() - started)
+    # Later trials of a study run on the first trial's worker (reuse_actors): the same
+    # config twice in a row, less one 1-trial study, is one more trial on a warm worker.
+    study = load_study_file(_study_file(folder, "overhead-twice", epochs, iters, cpus,
+                                        trials=2))
+    started = time.perf_counter()
+    run_study(study, folder / "results", out=lambda line: None)
+    twice_s = time.perf_counter() - started
+    ray.shutdown()
+    direct, tuned = min(direct_s), min(study_s)
+    overhead = tuned - direct
+    reused = twice_s - tuned - direct
+    listed = ", ".join(f"{value:.1f}" for value in direct_s)
+    return [
+        ("(a) direct run_distillation, fastest of " + str(repeats), f"{direct:.1f} s",
+         f"all: {listed} s; {cpus} thread(s)"),
+        ("(a) Ray start (once per session, not per trial)", f"{ray_start:.1f} s", ""),
+        ("(a) the same run as a 1-trial Tune + Optuna study, fastest of " + str(repeats),
+         f"{tuned:.1f} s", "all: " + ", ".join(f"{value:.1f}" for value in study_s) + " s"),
+        ("(a) harness overhead per trial, first trial of a study", f"{overhead:.2f} s",
+         (f"{100 * overhead / direct:.1f}% of the trial (target <= 5% of 60 s); includes "
+         "starting the trial's worker process (imports torch)")),
+        ("(a) the same config as a 2-trial study, one at a time", f"{twice_s:.1f} s", ""),
+        ("(a) harness overhead per trial, later trial (reused worker)", f"{reused:.2f} s",
+         f"{100 * reused / direct:.1f}% of the trial"),
+    ]
+
+
+def quickstart(folder: Path) -> list[tuple]:
+    from lrwa.tune.runner import run_study
+    from lrwa.tune.study import load_study_file
+
+    study = load_study_file("quickstart")
+    started = time.perf_counter()
+    outcome = run_study(study, folder / "quickstart", out=lambda line: None)
+    wall = time.perf_counter() - started
+    counts = ", ".join(f"{n} {status}" for status, n in outcome.statuses.items() if n)
+    return [("(b) quickstart study, end to end (Ray start included)", f"{wall:.0f} s",
+             f"{study.trials} trials: {counts} (target < 10 min on 2 CPUs)")]
+
+
+def load_time(folder: Path, trials: int, epochs: int) -> list[tuple]:
+    from lrwa.analysis import load_study
+    from lrwa.config import DistillConfig
+    from lrwa.tune.curves import write_trial_curve, write_trials_table
+
+    study_dir = folder / "synthetic"
+    searched = ("alpha", "buffer_size", "replay_ratio")
+    metric_names = ("loss_gen", "loss_acq", "loss_ret", "grad_cos", "buffer_fill",
+                    "samples_per_s", "train_s", "student_lr", "test_acc", "wall_s")
+    started = time.perf_counter()
+    records = []
+    for index in range(trials):
+        config = DistillConfig(alpha=0.01 + index / trials, buffer_size=256 + index,
+                               replay_ratio=0.1 + 0.3 * index / trials)
+        rows = [{"epoch": epoch, **{name: math.sin(index + epoch + k)
+                                    for k, name in enumerate(metric_names)}}
+                for epoch in range(1, epochs + 1)]
+        trial_id = f"{index:08x}"
+        write_trial_curve(study_dir, "synthetic", trial_id, searched, config, rows)
+        records.append({"study": "synthetic", "trial_id": trial_id, "status": "completed",
+                        "alpha": config.alpha, "buffer_size": config.buffer_size,
+                        "replay_ratio": config.replay_ratio, "mode": config.mode,
+                        "replay": config.replay, "seed": 0, "best_acc": 0.9,
+                        "epochs_run": epochs, "epochs": epochs, "config": config.to_dict()})
+    write_trials_table(study_dir, searched, records)
+    write_s = time.perf_counter() - started
+    timings = []
+    for _ in range(3):
+        started = time.perf_counter()
+        trials_frame, curves = load_study(study_dir)
+        timings.append(time.perf_counter() - started)
+    assert len(curves) == trials * epochs and len(trials_frame) == trials
+    return [(f"(c) write {trials} trials x {epochs} epochs in the curves layout",
+             f"{write_s:.1f} s", "synthetic rows"),
+            (f"(c) load_study -> pandas ({trials * epochs:,} curve rows)",
+             f"{min(timings):.2f} s",
+             f"best of 3, median {statistics.median(timings):.2f} s (target <= 2 s)")]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true",
+                        help="about 10 s trials, no quickstart")
+    parser.add_argument("--no-quickstart", action="store_true")
+    parser.add_argument("--cpus", type=int, default=1, help="CPUs (and threads) per trial")
+    parser.add_argument("--repeats", type=int, default=2,
+                        help="direct runs and 1-trial studies, alternated")
+    args = parser.parse_args()
+    # About 60 s per trial on one core of the 2-core reference machine (10 s with --quick).
+    epochs, iters = (1, 10) if args.quick else (3, 20)
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="lrwa-tune-bench-") as temporary:
+        folder = Path(temporary)
+        rows += harness_overhead(folder, epochs, iters, args.cpus, args.repeats)
+        if not (args.quick or args.no_quickstart):
+            rows += quickstart(folder)
+        rows += load_time(folder, 1000, 400)
+    load = ", ".join(f"{value:.1f}" for value in os.getloadavg())
+    print(f"load average during the benchmark: {load} (2 cores; other jobs skew timings)")
+    print("| measurement | time | note |\n|---|---|---|")
+    for name, value, note in rows:
+        print(f"| {name} | {value} | {note} |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,56 @@
+"""A study's search space as Optuna distributions, and its seeded sampler.
+
+The space goes to `OptunaSearch` as Optuna distributions rather than Tune
+domains: Optuna then owns the sampling (TPE sees the true log scale and integer
+steps), and the Optuna study in the journal file records the same parameters
+that the trials ran with.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+import optuna
+from optuna.distributions import (
+    BaseDistribution,
+    CategoricalDistribution,
+    FloatDistribution,
+    IntDistribution,
+)
+
+from lrwa.tune.study import Parameter, Study
+
+
+def distribution(parameter: Parameter) -> BaseDistribution:
+    if parameter.type == "categorical":
+        return CategoricalDistribution(list(parameter.choices))
+    if parameter.type == "int":
+        return IntDistribution(int(parameter.low), int(parameter.high), log=parameter.log,
+                               step=parameter.step or 1)
+    return FloatDistribution(float(parameter.low), float(parameter.high), log=parameter.log)
+
+
+def optuna_space(study: Study) -> dict[str, BaseDistribution]:
+    return {parameter.name: distribution(parameter) for parameter in study.space}
+
+
+def build_sampler(study: Study) -> optuna.samplers.BaseSampler:
+    """TPE (multivariate, so correlated keys such as buffer size and ratio are modelled
+    jointly) or random search, both seeded from the study's seed."""
+    if study.sampler == "random":
+        return optuna.samplers.RandomSampler(seed=study.seed)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return optuna.samplers.TPESampler(seed=study.seed, multivariate=True,
+                                          n_startup_trials=study.n_startup_trials)
+
+
+def describe_space(study: Study) -> list[tuple[str, str]]:
+    """(key, human-readable distribution) pairs for the dry run and the report."""
+    return [(parameter.name, parameter.describe()) for parameter in study.space]
+
+
+def to_python(value: Any) -> Any:
+    """Optuna/NumPy scalars to plain Python, for YAML and Parquet."""
+    return value.item() if hasattr(value, "item") else value
