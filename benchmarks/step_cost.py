@@ -42,6 +42,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=30)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--no-full-step", dest="full_step", action="store_false",
+                        help="skip the full student step table")
     args = parser.parse_args()
 
     device = torch.device(args.device)
@@ -75,14 +77,55 @@ def main() -> None:
             if round_index >= args.warmup:
                 timings[name].append(elapsed)
 
-    joint = statistics.median(timings["joint"])
-    print(f"student step cost: {args.arch} on {'x'.join(map(str, shape))}, batch {args.batch} "
+    print(f"update only: {args.arch} on {'x'.join(map(str, shape))}, batch {args.batch} "
           f"+ {replay_count} replayed, {args.device}, {torch.get_num_threads()} threads, "
           f"median of {args.rounds} interleaved rounds")
+    print_table(timings)
+    if args.full_step:
+        print("\nfull student step (generate the fresh batch, teacher targets, replay sample, "
+              "update), mnist5k small preset, lenet5 -> lenet5-half")
+        print_table(full_step_timings(args.rounds, args.warmup, device))
+
+
+def print_table(timings: dict[str, list[float]]) -> None:
+    joint = statistics.median(timings["joint"])
     print("| update | ms / step | ratio to joint |\n|---|---|---|")
     for name, samples in timings.items():
         median = statistics.median(samples)
         print(f"| {name} | {1e3 * median:.2f} | {median / joint:.2f}x |")
+
+
+def full_step_timings(rounds: int, warmup: int, device: torch.device) -> dict[str, list[float]]:
+    """`Distiller.student_step` per mode, with a random-weight teacher (cost, not accuracy)."""
+    from lrwa.config import build_config
+    from lrwa.data import dataset_spec
+    from lrwa.distiller import Distiller
+
+    spec = dataset_spec("mnist5k")
+    modes = {"acquire": {"mode": "acquire"}, "joint": {"mode": "joint"},
+             "meta first order": {"mode": "meta", "first_order": True},
+             "meta second order": {"mode": "meta"}}
+    distillers = {}
+    for name, overrides in modes.items():
+        config = build_config("mnist5k", overrides={**overrides, "grad_cos_every": 0,
+                                                    "device": device.type})
+        teacher = build_model("lenet5", spec.channels, spec.image_size, spec.num_classes)
+        images = torch.zeros(1, spec.channels, spec.image_size, spec.image_size)
+        distiller = Distiller(config, teacher, spec, images, torch.zeros(1, dtype=torch.long),
+                              device=device)
+        for _ in range(4):
+            distiller.replay.add(distiller._fresh_images()[:config.samples_per_insertion])
+        distillers[name] = distiller
+    timings: dict[str, list[float]] = {name: [] for name in modes}
+    for round_index in range(warmup + rounds):
+        for name, distiller in distillers.items():
+            started = time.perf_counter()
+            distiller.student_step(probe_cosine=False)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            if round_index >= warmup:
+                timings[name].append(time.perf_counter() - started)
+    return timings
 
 
 if __name__ == "__main__":
