@@ -25,14 +25,9 @@ from lrwa.errors import LrwaError
 from lrwa.teacher import save_teacher, train_teacher
 from lrwa.tune.commands import add_commands, report_command, tune_command
 from lrwa.tune.curves import CURVES_DIR, OPTUNA_FILE, TRIALS_FILE, curve_path
-from lrwa.tune.runner import (
-    check_cluster,
-    dry_run,
-    prepare_study_dir,
-    resources_per_trial,
-    run_study,
-    trial_bundles,
-)
+from lrwa.tune.estimate import dry_run
+from lrwa.tune.resources import check_cluster, resources_per_trial, trial_bundles
+from lrwa.tune.runner import prepare_study_dir, run_study
 from lrwa.tune.study import STUDIES_DIR, load_study_file, resolve_study_path
 from lrwa.tune.trainable import FaultPlan
 

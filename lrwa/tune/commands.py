@@ -56,7 +56,8 @@ def _finish(outcome: Any) -> None:
 
 
 def tune_command(args: argparse.Namespace) -> None:
-    from lrwa.tune.runner import dry_run, run_study
+    from lrwa.tune.estimate import dry_run
+    from lrwa.tune.runner import run_study
     from lrwa.tune.study import load_study_file
 
     study = load_study_file(args.study)

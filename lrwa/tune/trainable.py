@@ -31,14 +31,12 @@ from lrwa.sinks import METRICS_FILE
 from lrwa.summary import curve_statistics
 from lrwa.teacher import Teacher
 from lrwa.tune.curves import curve_path, write_trial_curve
+from lrwa.tune.resources import DRIVER_CPU
 
 RUNS_DIR = "runs"
 ERROR_FILE = "error.txt"
 EPOCH_FILE = "epoch.json"
 DISTRIBUTED_RECORD = "ray_run.json"  # lrwa.ray_train's record of a data-parallel run
-# The Tune trial that drives a Ray Train run only waits on its workers; it holds a sliver
-# of a CPU so that trial + workers fit on a machine with exactly workers x cpus CPUs.
-DRIVER_CPU = 0.001
 # What each epoch reports to Tune besides the running curve statistics.
 REPORTED = ("epoch", "test_acc", "loss_acq", "loss_ret", "loss_gen", "grad_cos",
             "buffer_fill", "samples_per_s", "wall_s")
@@ -189,9 +187,8 @@ def _run_distributed(config: Any, run_dir: Path, resume: bool, teacher: Teacher,
     """Data-parallel trial through Ray Train (imported only when a study asks for it)."""
     from lrwa.ray_train import run_distributed
 
-    # Each worker gives the trial's driver its sliver back, so that trial + workers fit on
-    # a machine with exactly workers x cpus CPUs. Ray Train's checkpoints go to its
-    # default storage, `<run_dir>/ray`, so the run folder holds the whole trial.
+    # Ray Train's checkpoints go to its default storage, `<run_dir>/ray`, so the run
+    # folder holds the whole trial; each worker leaves the trial's driver its sliver.
     return run_distributed(config, run_dir, workers=context.workers,
                            gpus_per_worker=context.gpus, resume=resume, teacher=teacher,
                            on_epoch=on_epoch,
