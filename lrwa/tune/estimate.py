@@ -1,0 +1,218 @@
+"""`lrwa tune --dry-run`: what a study would run, and an estimate of what it costs.
+
+The estimate is measured where it can be: a generator step and a student step of
+the base config are timed on the device the trials would use (CPU, or a GPU when
+the study asks for GPUs and one is visible), at a batch of at most 64, scaled
+linearly to the study's batch, plus one evaluation pass. A GPU study estimated on
+a machine without a GPU uses the FLOP cost model below instead, and says so.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from lrwa.errors import LrwaError
+from lrwa.run import resolve_teacher
+from lrwa.tune.curves import study_dir_of
+from lrwa.tune.resources import resources_per_trial, trial_bundles
+from lrwa.tune.space import describe_space
+from lrwa.tune.study import Study
+
+DEFAULT_STORAGE = "tune_results"
+Printer = Callable[[str], None]
+
+
+def _print(line: str) -> None:
+    print(line, flush=True)
+
+
+EVAL_SIZES = {"mnist5k": 1000, "digits": 360, "cifar10": 10000, "cifar100": 10000,
+              "svhn": 26032}
+MEASURE_BATCH = 64
+
+
+def _measurement_teacher(study: Study) -> tuple[Any, str]:
+    """The study's teacher, or a random one of the same architecture when its file is not
+    there yet (the cost per step does not depend on the weights)."""
+    from lrwa.config import from_mapping
+    from lrwa.data import dataset_spec
+    from lrwa.models import build_model
+    from lrwa.teacher import Teacher
+
+    base = from_mapping(study.base)
+    if base.teacher is None or Path(base.teacher).is_file():
+        teacher = resolve_teacher(base, progress=False)
+        return teacher, teacher.metadata["dataset"]
+    if base.teacher_arch and base.dataset:
+        spec = dataset_spec(base.dataset)
+        model = build_model(base.teacher_arch, spec.channels, spec.image_size, spec.num_classes)
+        return Teacher(model, {"arch": base.teacher_arch, "dataset": base.dataset}), base.dataset
+    raise LrwaError(f"teacher file {base.teacher} does not exist yet and base names no "
+                    "teacher_arch and dataset to build a stand-in of the same cost")
+
+
+def _timed(step: Callable[[], Any], repeats: int, cuda: bool) -> float:
+    import torch
+
+    step()  # warm-up
+    if cuda:
+        torch.cuda.synchronize()
+    started = time.perf_counter()
+    for _ in range(repeats):
+        step()
+    if cuda:
+        torch.cuda.synchronize()
+    return (time.perf_counter() - started) / repeats
+
+
+def measure_epoch_seconds(study: Study) -> tuple[float, str]:
+    """Seconds per epoch of one trial at the base config, from steps timed here.
+
+    Times a generator step and a student step (after a warm-up) at a batch of at most
+    64 on the device the trial would use, scales them linearly to the study's batch,
+    and adds one evaluation pass over the test split; returns (seconds, how)."""
+    import torch
+
+    from lrwa.config import from_mapping
+    from lrwa.data import dataset_spec
+    from lrwa.distiller import Distiller
+
+    teacher, dataset = _measurement_teacher(study)
+    spec = dataset_spec(dataset)
+    base = from_mapping(study.base)
+    cuda = study.gpus > 0 and torch.cuda.is_available()
+    device = torch.device("cuda" if cuda else "cpu")
+    batch = min(base.batch_size, MEASURE_BATCH)
+    config = base.replace(batch_size=batch, device=device.type)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(max(1, int(study.cpus)))
+    try:
+        images = torch.randn(256, spec.channels, spec.image_size, spec.image_size)
+        labels = torch.zeros(256, dtype=torch.int64)
+        distiller = Distiller(config, teacher.model, spec, images.to(device), labels,
+                              device=device)
+        if config.replay != "none":
+            distiller.replay.add(distiller._fresh_images()[:config.samples_per_insertion])
+        generator_s = _timed(distiller.generator_step, 2, cuda)
+        student_s = _timed(lambda: distiller.student_step(False), 3, cuda)
+        eval_s = _timed(distiller.evaluate, 1, cuda) * EVAL_SIZES.get(dataset, 10000) / 256
+    finally:
+        torch.set_num_threads(threads)
+    scale = base.batch_size / batch
+    iteration_s = scale * (base.generator_steps * generator_s + base.student_steps * student_s)
+    epoch_s = base.iters_per_epoch * iteration_s + eval_s / base.eval_every
+    where = (f"measured here on {device.type}"
+             + (f" ({torch.cuda.get_device_name()})" if cuda else
+                f" with {max(1, int(study.cpus))} thread(s)")
+             + f": generator step {1e3 * generator_s:.1f} ms, student step "
+             f"{1e3 * student_s:.1f} ms at batch {batch}, scaled to batch {base.batch_size}")
+    return epoch_s, where
+
+
+# The GPU cost model, used when a GPU study is estimated on a machine without one:
+# forward FLOPs per sample are counted with torch's FlopCounterMode, a training pass
+# costs 3 forwards (forward + backward), the second-order meta step 1.4x a joint step
+# and the first-order one 1.05x (the targets of benchmarks/step_cost.py), and a GPU
+# sustains ASSUMED_GPU_FLOPS on these convolutions (TF32/bf16 ResNets at batch 512
+# typically reach 15-40 TFLOP/s on an A100/H100; 25 is the middle).
+ASSUMED_GPU_FLOPS = 25e12
+META_FACTOR = {"acquire": 1.0, "joint": 1.0, "meta": 1.4}
+
+
+def _forward_flops(model: Any, inputs: Any) -> float:
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model.eval()
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(inputs)
+    return counter.get_total_flops() / inputs.shape[0]
+
+
+def model_epoch_seconds(study: Study) -> tuple[float, str]:
+    """Seconds per epoch of one trial on one GPU, from counted FLOPs (see above)."""
+    import torch
+
+    from lrwa.config import from_mapping
+    from lrwa.data import dataset_spec
+    from lrwa.generator import Generator
+    from lrwa.models import build_model
+
+    teacher, dataset = _measurement_teacher(study)
+    spec = dataset_spec(dataset)
+    base = from_mapping(study.base)
+    shape = (2, spec.channels, spec.image_size, spec.image_size)
+    student = build_model(base.student, spec.channels, spec.image_size, spec.num_classes)
+    generator = Generator(base.latent_dim, spec.channels, spec.image_size,
+                          width=base.generator_width)
+    teacher_f = _forward_flops(teacher.model, torch.randn(shape))
+    student_f = _forward_flops(student, torch.randn(shape))
+    generator_f = _forward_flops(generator, torch.randn(2, base.latent_dim))
+    ratio = 0.0 if base.replay == "none" or base.mode == "acquire" else base.replay_ratio
+    factor = 1.05 if base.mode == "meta" and base.first_order else META_FACTOR[base.mode]
+    generator_step = 3 * (generator_f + teacher_f + student_f)
+    student_step = generator_f + (1 + ratio) * teacher_f + factor * 3 * (1 + ratio) * student_f
+    iteration = base.batch_size * (base.generator_steps * generator_step
+                                   + base.student_steps * student_step)
+    evaluation = EVAL_SIZES.get(dataset, 10000) * student_f / base.eval_every
+    epoch_flops = base.iters_per_epoch * iteration + evaluation
+    where = (f"cost model, no GPU here: {epoch_flops / 1e15:.2f} PFLOP per epoch counted "
+             f"with FlopCounterMode at an assumed {ASSUMED_GPU_FLOPS / 1e12:.0f} TFLOP/s "
+             "per GPU")
+    return epoch_flops / ASSUMED_GPU_FLOPS, where
+
+
+def dry_run(study: Study, storage: str | os.PathLike[str] = DEFAULT_STORAGE,
+            out: Printer = _print, measure: bool = True) -> dict[str, Any]:
+    """Print what the study would run and an estimate of its cost; run nothing."""
+    base = study.base
+    out(f"study '{study.name}' ({study.source}), hash {study.fingerprint()}")
+    out(f"  folder: {study_dir_of(study, storage)}")
+    out(f"  base: {base['mode']} / {base['replay']}, student {base['student']}, teacher "
+        f"{base['teacher'] or 'embedded mnist5k lenet5'}, {base['epochs']} epochs x "
+        f"{base['iters_per_epoch']} iterations x {base['student_steps']} student steps, "
+        f"batch {base['batch_size']}, seed {base['seed']}")
+    out("  space:")
+    for name, text in describe_space(study):
+        out(f"    {name}: {text}")
+    objective = ", ".join(f"{o.direction} {o.metric}" for o in study.objectives)
+    out(f"  objective: {objective}" + ("  (Pareto front)" if study.multi_objective else ""))
+    scheduler = (f"asha (grace {study.grace_period}, reduction {study.reduction_factor:g})"
+                 if study.scheduler == "asha" else "none")
+    out(f"  trials: {study.trials}, up to {study.max_concurrent} at a time, time budget "
+        f"{study.time_budget_s or 'none'}; sampler {study.sampler} (seed {study.seed}); "
+        f"scheduler {scheduler}; {len(study.points_to_evaluate)} points evaluated first")
+    need = resources_per_trial(study)
+    out(f"  resources per trial: {study.workers} worker(s) x {study.cpus:g} CPU, "
+        f"{study.gpus:g} GPU; Tune placement group {trial_bundles(study)}; "
+        f"{need['CPU']:g} CPU and {need['GPU']:g} GPU in all")
+    estimate: dict[str, Any] = {"trials": study.trials, "resources": need}
+    if not measure:
+        return estimate
+    try:
+        import torch
+
+        if study.gpus > 0 and not torch.cuda.is_available():
+            epoch_s, how = model_epoch_seconds(study)
+        else:
+            epoch_s, how = measure_epoch_seconds(study)
+    except LrwaError as error:
+        out(f"  estimate: not available ({error})")
+        return estimate
+    trial_s = int(base["epochs"]) * epoch_s / study.workers
+    waves = math.ceil(study.trials / max(1, min(study.max_concurrent, study.trials)))
+    estimate.update({
+        "epoch_s": epoch_s, "trial_s": trial_s, "wall_s": waves * trial_s,
+        "cpu_hours": study.trials * trial_s * need["CPU"] / 3600,
+        "gpu_hours": study.trials * trial_s * need["GPU"] / 3600, "how": how})
+    out(f"  estimate ({how}):")
+    out(f"    {epoch_s:.1f} s per epoch, {trial_s / 60:.1f} min per trial, about "
+        f"{estimate['wall_s'] / 3600:.2f} h of wall time; {estimate['cpu_hours']:.2f} CPU "
+        f"hours, {estimate['gpu_hours']:.2f} GPU hours (upper bound: no early stopping"
+        + (", ideal data-parallel speed-up" if study.workers > 1 else "") + ")")
+    return estimate
