@@ -1,13 +1,15 @@
 """Reading a finished (or running) study back: pandas frames, the best trials, plots.
 
-`load_study(STUDY_DIR)` returns `(trials, curves)`: `trials.parquet` as one row
+`load_study(STUDY)` returns `(trials, curves)`: `trials.parquet` as one row
 per trial and every trial's learning curve as one row per (trial, epoch), read
 with `pyarrow.dataset` from the hive-partitioned `curves/` folder. `write_report`
 is `lrwa report`: a table of the best trials, `best_config.yaml` (a DistillConfig
 mapping that `lrwa distill --config best_config.yaml --out DIR` reruns as is) and
 PNGs under `report/`: learning curves of the top trials and per mode, the
 objective over alpha x replay ratio, the effect of buffer size, and Optuna's
-parameter importances.
+parameter importances. STUDY is a study folder or its object-store URI
+(`s3://bucket/prefix/<study>`), which is read through a local copy; the report's
+files are written back to the store.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import yaml
 from lrwa.atomic import atomic_path, write_text
 from lrwa.errors import LrwaError
 from lrwa.tune.curves import CURVES_DIR, OPTUNA_FILE, PARTITION, STUDY_JSON, TRIALS_FILE
+from lrwa.tune.storage import TreePusher, fetch_study, is_remote, split_study_uri
 
 REPORT_DIR = "report"
 BEST_CONFIG = "best_config.yaml"
@@ -35,6 +38,8 @@ RANKED_STATUSES = ("completed", "stopped early")
 
 
 def _study_dir(path: str | Path) -> Path:
+    if is_remote(path):
+        return fetch_study(str(path))[2]
     study_dir = Path(path)
     if not study_dir.is_dir():
         raise LrwaError(f"study folder {study_dir} does not exist")
@@ -59,7 +64,7 @@ def load_curves(study_dir: str | Path) -> pd.DataFrame:
 
 
 def load_study(path: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(trials, curves) of the study folder `path` as pandas frames."""
+    """(trials, curves) of the study folder or study URI `path` as pandas frames."""
     study_dir = _study_dir(path)
     trials_file = study_dir / TRIALS_FILE
     trials = pd.read_parquet(trials_file) if trials_file.is_file() else pd.DataFrame()
@@ -305,8 +310,17 @@ def print_best(ranked: pd.DataFrame, study: dict[str, Any], top: int) -> None:
 
 def write_report(path: str | Path, top: int = 5, plots: bool = True,
                  out: Any = print) -> dict[str, Any]:
-    """`lrwa report STUDY_DIR`: the best trials, best_config.yaml and the plots."""
+    """`lrwa report STUDY`: the best trials, best_config.yaml and the plots."""
     study_dir = _study_dir(path)
+    result = _write_report(study_dir, top, plots, out)
+    if is_remote(path):
+        storage, name = split_study_uri(str(path))
+        TreePusher(storage, name).push(BEST_CONFIG, REPORT_DIR)
+        out(f"report copied to {storage.location(name)}/ ({BEST_CONFIG}, {REPORT_DIR}/)")
+    return result
+
+
+def _write_report(study_dir: Path, top: int, plots: bool, out: Any) -> dict[str, Any]:
     study = read_study_json(study_dir)
     trials, curves = load_study(study_dir)
     objectives = study["objectives"]

@@ -18,11 +18,12 @@ import pyarrow.parquet as pq
 import pytest
 import ray
 import yaml
+from tiny_study import ENGINE_METRICS, SPACE, write_tiny_teacher
+from tiny_study import write_study_file as _study_file
 
 from lrwa.analysis import load_study, write_report
 from lrwa.config import from_mapping, load_yaml
 from lrwa.errors import LrwaError
-from lrwa.teacher import save_teacher, train_teacher
 from lrwa.tune.commands import add_commands, report_command, tune_command
 from lrwa.tune.curves import CURVES_DIR, OPTUNA_FILE, TRIALS_FILE, curve_path
 from lrwa.tune.estimate import dry_run
@@ -30,16 +31,6 @@ from lrwa.tune.resources import check_cluster, resources_per_trial, trial_bundle
 from lrwa.tune.runner import prepare_study_dir, run_study
 from lrwa.tune.study import STUDIES_DIR, load_study_file, resolve_study_path
 from lrwa.tune.trainable import FaultPlan
-
-TINY_BASE = {"student": "lenet5-half", "mode": "meta", "replay": "memory", "epochs": 2,
-             "iters_per_epoch": 2, "student_steps": 2, "batch_size": 32, "generator_width": 8,
-             "latent_dim": 16, "buffer_size": 64, "replay_ratio": 0.25, "insert_every": 1,
-             "device": "cpu"}
-SPACE = {"alpha": {"type": "loguniform", "low": 0.1, "high": 1.0},
-         "buffer_size": {"type": "int", "low": 32, "high": 128, "log": True},
-         "replay_ratio": {"type": "uniform", "low": 0.1, "high": 0.5}}
-ENGINE_METRICS = ["loss_gen", "loss_acq", "loss_ret", "grad_cos", "buffer_fill",
-                  "samples_per_s", "train_s", "student_lr", "test_acc", "wall_s"]
 
 
 @pytest.fixture(scope="module")
@@ -52,27 +43,7 @@ def ray_session():
 
 @pytest.fixture(scope="module")
 def teacher_file(tmp_path_factory):
-    path = tmp_path_factory.mktemp("teacher") / "digits-lenet5.pt"
-    save_teacher(train_teacher("digits", "lenet5", epochs=1, progress=False), path)
-    return path
-
-
-def _study_file(folder, teacher, name="tiny", **changes):
-    data = {"name": name, "base": {**TINY_BASE, "teacher": str(teacher)}, "space": SPACE,
-            "objective": {"metric": "mean_acc", "direction": "max"},
-            "budget": {"trials": 2, "max_concurrent": 2},
-            "resources": {"cpus": 1, "gpus": 0, "workers": 1},
-            "sampler": {"type": "tpe", "n_startup_trials": 1},
-            "points_to_evaluate": [{"alpha": 0.9, "buffer_size": 64, "replay_ratio": 0.25}],
-            "seed": 3}
-    for key, value in changes.items():
-        if isinstance(value, dict) and isinstance(data.get(key), dict):
-            data[key] = {**data[key], **value}
-        else:
-            data[key] = value
-    path = folder / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(data, sort_keys=False))
-    return path
+    return write_tiny_teacher(tmp_path_factory.mktemp("teacher"))
 
 
 def _curve_epochs(study_dir):
@@ -268,8 +239,8 @@ def test_unwritable_storage_fails_in_one_line(teacher_file, tmp_path):
     blocker.write_text("not a folder")
     with pytest.raises(LrwaError, match=r"storage .* cannot be written"):
         prepare_study_dir(study, blocker / "results")
-    with pytest.raises(LrwaError, match="only local or shared folders"):
-        prepare_study_dir(study, "s3://bucket/results")
+    with pytest.raises(LrwaError, match="'ftp://host/results': unsupported scheme"):
+        prepare_study_dir(study, "ftp://host/results")
 
 
 def test_impossible_resources_fail_before_any_trial(ray_session, teacher_file, tmp_path):

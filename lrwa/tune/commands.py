@@ -21,7 +21,8 @@ def add_commands(subparsers: Any) -> None:
     tune.add_argument("study", help="study YAML file, or a name in tune_studies/ "
                       "(e.g. quickstart)")
     tune.add_argument("--storage", default=DEFAULT_STORAGE,
-                      help=f"folder that holds the study's folder (default: ./{DEFAULT_STORAGE})")
+                      help="folder or object store URI (s3://bucket/prefix) that holds the "
+                           f"study's folder (default: ./{DEFAULT_STORAGE})")
     tune.add_argument("--smoke", action="store_true",
                       help="two trials of two tiny epochs on one CPU, into <name>-smoke/")
     tune.add_argument("--dry-run", action="store_true",
@@ -32,27 +33,31 @@ def add_commands(subparsers: Any) -> None:
 
     report = subparsers.add_parser(
         "report", help="best trials, best_config.yaml and plots of a study folder")
-    report.add_argument("study_dir", help="e.g. tune_results/quickstart")
+    report.add_argument("study_dir", help="e.g. tune_results/quickstart or "
+                        "s3://bucket/prefix/quickstart")
     report.add_argument("--top", type=int, default=5, help="trials to show (default 5)")
     report.add_argument("--no-plots", action="store_true", help="skip the PNGs")
     report.set_defaults(func=report_command)
 
 
 def _finish(outcome: Any) -> None:
-    from lrwa.analysis import write_report
+    from lrwa.analysis import BEST_CONFIG, REPORT_DIR, write_report
+    from lrwa.tune.storage import TreePusher
 
     study_dir = outcome.study_dir
+    location = outcome.storage.location(study_dir.name)
     counts = ", ".join(f"{count} {status}" for status, count in outcome.statuses.items()
                        if count)
-    print(f"study folder {study_dir}: {counts or 'no trials'}", flush=True)
+    print(f"study {location}: {counts or 'no trials'}", flush=True)
     if outcome.interrupted:
         print("interrupted: rerun the same command to resume the unfinished trials",
               flush=True)
     if outcome.statuses.get("completed", 0) + outcome.statuses.get("stopped early", 0):
         write_report(study_dir)
-    print(f"Parquet: {study_dir}/curves/ (one row per trial and epoch, partitioned by "
-          f"trial_id) and {study_dir}/trials.parquet; in Python: "
-          f"lrwa.analysis.load_study('{study_dir}')", flush=True)
+        TreePusher(outcome.storage, study_dir.name).push(BEST_CONFIG, REPORT_DIR)
+    print(f"Parquet: {location}/curves/ (one row per trial and epoch, partitioned by "
+          f"trial_id) and {location}/trials.parquet; in Python: "
+          f"lrwa.analysis.load_study('{location}')", flush=True)
 
 
 def tune_command(args: argparse.Namespace) -> None:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -27,8 +26,7 @@ import pyarrow.parquet as pq
 
 from lrwa.atomic import atomic_path
 from lrwa.config import DistillConfig
-from lrwa.errors import LrwaError
-from lrwa.tune.study import Study, field_kind
+from lrwa.tune.study import field_kind
 
 # The study folder's layout (lrwa.tune.runner's docstring draws it).
 CURVES_DIR = "curves"
@@ -43,21 +41,6 @@ STATUSES = ("completed", "stopped early", "errored", "unfinished")
 SUMMARY_COLUMNS = ("best_acc", "mean_acc", "final_acc", "var_acc", "max_drop", "teacher_acc",
                    "teacher_gap")
 VERSION_COLUMNS = ("lrwa", "python", "torch", "ray", "optuna", "pyarrow", "numpy", "git")
-
-def storage_root(storage: str | os.PathLike[str]) -> Path:
-    """A local (or shared, e.g. NFS) folder; `file://` URIs are accepted."""
-    text = os.fspath(storage)
-    if text.startswith("file://"):
-        text = text[len("file://"):]
-    elif "://" in text:
-        raise LrwaError(f"storage {text!r}: only local or shared folders are supported (the "
-                        "Optuna journal and the Parquet curves need a file system)")
-    return Path(text).expanduser().resolve()
-
-
-def study_dir_of(study: Study, storage: str | os.PathLike[str]) -> Path:
-    return storage_root(storage) / study.name
-
 
 _ARROW_TYPES = {"int": pa.int64(), "float": pa.float64(), "bool": pa.bool_(), "str": pa.string()}
 

@@ -18,9 +18,9 @@ from typing import Any
 
 from lrwa.errors import LrwaError
 from lrwa.run import resolve_teacher
-from lrwa.tune.curves import study_dir_of
 from lrwa.tune.resources import resources_per_trial, trial_bundles
 from lrwa.tune.space import describe_space
+from lrwa.tune.storage import open_storage
 from lrwa.tune.study import Study
 
 DEFAULT_STORAGE = "tune_results"
@@ -172,7 +172,7 @@ def dry_run(study: Study, storage: str | os.PathLike[str] = DEFAULT_STORAGE,
     """Print what the study would run and an estimate of its cost; run nothing."""
     base = study.base
     out(f"study '{study.name}' ({study.source}), hash {study.fingerprint()}")
-    out(f"  folder: {study_dir_of(study, storage)}")
+    out(f"  folder: {open_storage(storage).location(study.name)}")
     out(f"  base: {base['mode']} / {base['replay']}, student {base['student']}, teacher "
         f"{base['teacher'] or 'embedded mnist5k lenet5'}, {base['epochs']} epochs x "
         f"{base['iters_per_epoch']} iterations x {base['student_steps']} student steps, "

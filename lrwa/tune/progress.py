@@ -2,7 +2,8 @@
 
 One line per finished epoch of any trial and one per finished trial; Ray's own
 tables stay off (`runner.quiet_ray`). `trials.parquet` is rewritten whenever a
-trial ends and when the study stops, from the trials' run folders.
+trial ends and when the study stops, from the trials' run folders; with an object
+store their small files are pulled first and the table and journal pushed after.
 """
 
 from __future__ import annotations
@@ -18,12 +19,15 @@ from ray.tune import Callback
 
 from lrwa.errors import LrwaError
 from lrwa.provenance import versions
-from lrwa.tune.curves import TRIALS_FILE, write_trials_table
+from lrwa.tune.curves import OPTUNA_FILE, TRIALS_FILE, write_trials_table
 from lrwa.tune.space import to_python
+from lrwa.tune.storage import StudyStorage
 from lrwa.tune.study import Study
 from lrwa.tune.trainable import ERROR_FILE, RUNS_DIR, run_dir_of
 
 Printer = Callable[[str], None]
+# What the trial table reads of a run folder (pulled from an object store when needed).
+RECORD_FILES = ("summary.json", "config.yaml", ERROR_FILE)
 
 
 def print_line(line: str) -> None:
@@ -86,10 +90,11 @@ class StudyProgress(Callback):
     `trials.parquet` rewritten whenever a trial ends. Tune pickles it with the Tuner and
     brings it back on restore, so it holds only plain values."""
 
-    def __init__(self, study: Study, study_dir: Path, out: Printer = print_line) -> None:
+    def __init__(self, study: Study, store: StudyStorage, out: Printer = print_line) -> None:
         self.name = study.name
         self.base = dict(study.base)
-        self.study_dir = str(study_dir)
+        self.store = store
+        self.study_dir = str(store.study_dir(study.name))
         self.searched = study.searched
         self.trials = study.trials
         self.epochs = int(study.base["epochs"])
@@ -117,9 +122,16 @@ class StudyProgress(Callback):
                  f"{_percent(result.get('best_acc'))}  mean {_percent(result.get('mean_acc'))}"
                  f"  {_params_text(trial.config)}")
 
+    def _pull_record(self, trial_id: str, always: bool) -> None:
+        run = f"{RUNS_DIR}/{trial_id}"
+        if always or not (Path(self.study_dir) / run / "summary.json").is_file():
+            for name in RECORD_FILES:
+                self.store.pull(self.name, f"{run}/{name}")
+
     def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any,
                           **info: Any) -> None:
         self.finished[trial.trial_id] = "TERMINATED"
+        self._pull_record(trial.trial_id, always=True)
         summary = _read_json(run_dir_of(self.study_dir, trial.trial_id) / "summary.json")
         status = _status_of("TERMINATED", summary)
         numbers = (f": best {_percent(summary.get('best_acc'))}  mean "
@@ -130,6 +142,7 @@ class StudyProgress(Callback):
     def on_trial_error(self, iteration: int, trials: list[Any], trial: Any,
                        **info: Any) -> None:
         self.finished[trial.trial_id] = "ERROR"
+        self._pull_record(trial.trial_id, always=True)
         error = _error_of(trial, run_dir_of(self.study_dir, trial.trial_id))
         self.out(f"{self._index(trial, trials)}  errored: {error}")
         self.write_table(trials)
@@ -139,8 +152,12 @@ class StudyProgress(Callback):
 
     def write_table(self, trials: list[Any]) -> None:
         previous = _previous_statuses(Path(self.study_dir))
+        if self.store.remote:
+            for trial in trials:
+                self._pull_record(trial.trial_id, always=False)
         records = [self.record(trial, previous) for trial in trials]
         write_trials_table(Path(self.study_dir), self.searched, records)
+        self.store.push(self.name, [TRIALS_FILE, OPTUNA_FILE])
 
     def _status(self, trial: Any, summary: dict[str, Any],
                 previous: dict[str, str]) -> str:

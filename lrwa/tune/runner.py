@@ -7,8 +7,9 @@
     STORAGE/<study>/curves/, trials.parquet   see `curves.py`
     STORAGE/<study>/ray/              Tune's experiment state, for Tuner.restore
 
-Rerunning the same study resumes it; a folder made from a different resolved
-study is refused unless `restart`, which moves it aside, never deletes it.
+STORAGE is a folder or an object store URI (`storage.py` says how the latter is
+mirrored). Rerunning the same study resumes it; a folder made from a different
+resolved study is refused unless `restart`, which moves it aside, never deletes it.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import dataclasses
 import json
 import logging
 import os
+import shutil
 import time
 import warnings
 from collections.abc import Iterator
@@ -38,11 +40,11 @@ from lrwa.tune.curves import (
     STUDY_JSON,
     STUDY_YAML,
     TRIALS_FILE,
-    study_dir_of,
 )
 from lrwa.tune.progress import Printer, StudyProgress, print_line
 from lrwa.tune.resources import check_cluster, trial_bundles
 from lrwa.tune.space import build_sampler, optuna_space
+from lrwa.tune.storage import StudyStorage, open_storage
 from lrwa.tune.study import Study
 from lrwa.tune.trainable import RUNS_DIR, FaultPlan, TrialContext, train_trial
 
@@ -76,10 +78,20 @@ def _move_aside(study_dir: Path) -> Path:
 
 def prepare_study_dir(study: Study, storage: str | os.PathLike[str], restart: bool = False,
                       out: Printer = print_line) -> Path:
-    """Create, reuse or (with `restart`) move aside the study's folder; never overwrite."""
-    study_dir = study_dir_of(study, storage)
+    """Create, reuse or (with `restart`) move aside the study's folder; never overwrite.
+
+    Returns the local study folder (for an object store, a fresh mirror of its study
+    files, pulled before the checks so a new head node resumes what another began)."""
+    store = open_storage(storage)
+    study_dir = store.study_dir(study.name)
     _check_writable(study_dir.parent)
+    if store.remote:
+        store.check_writable(study.name)
+        if study_dir.exists():
+            shutil.rmtree(study_dir)  # a mirror: the store is the truth
+        store.pull(study.name, skip=(RUNS_DIR, CURVES_DIR, RAY_DIR))
     fingerprint = study.fingerprint()
+    location = store.location(study.name)
     if study_dir.exists() and any(study_dir.iterdir()):
         recorded = _recorded_study(study_dir)
         problem = None
@@ -88,22 +100,25 @@ def prepare_study_dir(study: Study, storage: str | os.PathLike[str], restart: bo
         elif recorded.get("hash") != fingerprint:
             problem = (f"was made from a different study (hash {recorded.get('hash')}, "
                        f"this file gives {fingerprint})")
-        elif recorded.get("location") != str(study_dir):
+        elif recorded.get("location") != location:
             problem = f"was created at {recorded.get('location')} and has moved since"
         if problem and not restart:
-            raise LrwaError(f"{study_dir} {problem}; pass --restart to move it aside and "
+            raise LrwaError(f"{location} {problem}; pass --restart to move it aside and "
                             "start over, or choose another --storage")
         if restart:
-            moved = _move_aside(study_dir)
+            moved = store.move_aside(study.name) if store.remote else _move_aside(study_dir)
+            if store.remote:
+                shutil.rmtree(study_dir)
             out(f"moved the previous study folder aside to {moved}")
     study_dir.mkdir(parents=True, exist_ok=True)
     _check_writable(study_dir)
     if not (study_dir / STUDY_JSON).is_file():
-        record = {"format": STUDY_FORMAT, "hash": fingerprint, "location": str(study_dir),
+        record = {"format": STUDY_FORMAT, "hash": fingerprint, "location": location,
                   "source": study.source, "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
                   "versions": versions(), "study": study.to_dict()}
         write_text(study_dir / STUDY_YAML, yaml.safe_dump(study.to_dict(), sort_keys=False))
         write_text(study_dir / STUDY_JSON, json.dumps(record, indent=2) + "\n")
+        store.push(study.name, [STUDY_YAML, STUDY_JSON])
     return study_dir
 
 
@@ -181,11 +196,11 @@ def _journal(study_dir: Path) -> Any:
     return JournalStorage(JournalFileBackend(str(study_dir / OPTUNA_FILE)))
 
 
-def _trainable(study: Study, study_dir: Path, teacher: Any,
+def _trainable(study: Study, store: StudyStorage, teacher: Any,
                faults: FaultPlan | None) -> Any:
     from ray import tune
 
-    context = TrialContext(study=study.name, study_dir=str(study_dir), base=dict(study.base),
+    context = TrialContext(study=study.name, storage=store.uri, base=dict(study.base),
                            searched=study.searched, cpus=study.cpus, gpus=study.gpus,
                            workers=study.workers, faults=faults)
     resources = tune.PlacementGroupFactory(trial_bundles(study))
@@ -193,21 +208,24 @@ def _trainable(study: Study, study_dir: Path, teacher: Any,
                                                     teacher=teacher), resources)
 
 
-def build_tuner(study: Study, study_dir: Path, teacher: Any, concurrency: int,
+def build_tuner(study: Study, store: StudyStorage, teacher: Any, concurrency: int,
                 out: Printer = print_line, faults: FaultPlan | None = None) -> tuple[Any, bool]:
-    """A new Tuner, or the restored one when the folder holds a restorable experiment."""
+    """A new Tuner, or the restored one when the storage holds a restorable experiment."""
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search.optuna import OptunaSearch
 
-    trainable = _trainable(study, study_dir, teacher, faults)
-    experiment = study_dir / RAY_DIR
-    if tune.Tuner.can_restore(str(experiment)):
-        return tune.Tuner.restore(str(experiment), trainable=trainable,
-                                  resume_errored=True), True
-    if (study_dir / RUNS_DIR).exists() or (study_dir / CURVES_DIR).exists():
-        raise LrwaError(f"{study_dir} holds trial results but no restorable Tune state; "
-                        "pass --restart to move it aside and start over")
+    study_dir = store.study_dir(study.name)
+    trainable = _trainable(study, store, teacher, faults)
+    storage_path, storage_filesystem = store.ray_storage(study.name)
+    experiment = f"{storage_path}/{RAY_DIR}"
+    if tune.Tuner.can_restore(experiment, storage_filesystem=storage_filesystem):
+        return tune.Tuner.restore(experiment, trainable=trainable, resume_errored=True,
+                                  storage_filesystem=storage_filesystem), True
+    if any((study_dir / folder).exists() or store.holds(study.name, folder)
+           for folder in (RUNS_DIR, CURVES_DIR)):
+        raise LrwaError(f"{store.location(study.name)} holds trial results but no "
+                        "restorable Tune state; pass --restart to move it aside and start over")
     metrics = [objective.metric for objective in study.objectives]
     modes = [objective.mode for objective in study.objectives]
     single = len(metrics) == 1
@@ -231,8 +249,8 @@ def build_tuner(study: Study, study_dir: Path, teacher: Any, concurrency: int,
         max_concurrent_trials=concurrency, time_budget_s=study.time_budget_s,
         reuse_actors=True, trial_name_creator=_trial_name, trial_dirname_creator=_trial_name)
     run_config = tune.RunConfig(
-        name=RAY_DIR, storage_path=str(study_dir), verbose=0,
-        callbacks=[StudyProgress(study, study_dir, out)],
+        name=RAY_DIR, storage_path=storage_path, storage_filesystem=storage_filesystem,
+        verbose=0, callbacks=[StudyProgress(study, store, out)],
         failure_config=tune.FailureConfig(max_failures=0),
         checkpoint_config=tune.CheckpointConfig(num_to_keep=1))
     return tune.Tuner(trainable, tune_config=tune_config, run_config=run_config), False
@@ -244,6 +262,7 @@ class StudyOutcome:
     resumed: bool
     statuses: dict[str, int]
     interrupted: bool
+    storage: StudyStorage | None = None
 
 
 def run_study(study: Study, storage: str | os.PathLike[str] = DEFAULT_STORAGE,
@@ -260,24 +279,27 @@ def run_study(study: Study, storage: str | os.PathLike[str] = DEFAULT_STORAGE,
         raise LrwaError(f"teacher file {base.teacher} does not exist (base.teacher of study "
                         f"'{study.name}')")
     study_dir = prepare_study_dir(study, storage, restart=restart, out=out)
+    store = open_storage(storage)
     started_ray = ensure_ray()
     try:
         concurrency = check_cluster(study, ray.cluster_resources())
         teacher = resolve_teacher(base, progress=True)
         with quiet_ray():
-            tuner, resumed = build_tuner(study, study_dir, teacher, concurrency, out, faults)
+            tuner, resumed = build_tuner(study, store, teacher, concurrency, out, faults)
             out(f"{'resuming' if resumed else 'starting'} study '{study.name}': "
-                f"{study.trials} trials, up to {concurrency} at a time -> {study_dir}")
+                f"{study.trials} trials, up to {concurrency} at a time -> "
+                f"{store.location(study.name)}")
             tuner.fit()
     finally:
         if started_ray:
             ray.shutdown()
+        store.push(study.name, [TRIALS_FILE, OPTUNA_FILE])
     statuses = dict.fromkeys(STATUSES, 0)
     if (study_dir / TRIALS_FILE).is_file():
         for status in pq.read_table(study_dir / TRIALS_FILE, columns=["status"]).column(
                 "status").to_pylist():
             statuses[status] = statuses.get(status, 0) + 1
     interrupted = statuses.get("unfinished", 0) > 0
-    return StudyOutcome(study_dir, resumed, statuses, interrupted)
+    return StudyOutcome(study_dir, resumed, statuses, interrupted, store)
 
 

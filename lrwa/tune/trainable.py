@@ -8,7 +8,9 @@ is a few bytes (the epoch), which keeps Tune's iteration count in step with
 the run without copying model weights every epoch. After each epoch the
 trial's curve file is rewritten from the run's history and the running curve
 statistics (best/mean/final/var accuracy, max drop) are reported, so ASHA and
-Optuna judge a trial by the same numbers the report shows.
+Optuna judge a trial by the same numbers the report shows. With an object store
+the trial works in a local mirror: it pulls its run folder first and pushes what
+changed after every epoch, before Tune hears of the epoch (`storage.py`).
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from lrwa.summary import curve_statistics
 from lrwa.teacher import Teacher
 from lrwa.tune.curves import curve_path, write_trial_curve
 from lrwa.tune.resources import DRIVER_CPU
+from lrwa.tune.storage import StudyStorage, TreePusher
 
 RUNS_DIR = "runs"
 ERROR_FILE = "error.txt"
@@ -64,7 +67,7 @@ class TrialContext:
     """What every trial of a study shares; passed through `tune.with_parameters`."""
 
     study: str
-    study_dir: str
+    storage: str  # a StudyStorage URI; a folder is absolute
     base: dict[str, Any]
     searched: tuple[str, ...]
     cpus: float
@@ -97,18 +100,31 @@ def _inject_fault(plan: FaultPlan | None, epoch: int) -> None:
                         "fault plan)")
 
 
-def _fresh_or_resume(run_dir: Path, study_dir: Path, trial_id: str, workers: int) -> bool:
+def _fresh_or_resume(store: StudyStorage, study: str, trial_id: str, workers: int) -> bool:
     """True when the run folder holds a run to resume; otherwise clear leftovers of a start
     that died before its first checkpoint (they hold no completed epoch). A data-parallel
     run keeps its checkpoints in Ray storage inside the folder and is known by its record.
     """
+    study_dir = store.study_dir(study)
+    run_dir = run_dir_of(study_dir, trial_id)
+    if store.remote:  # the store is the truth: start from its copy of the run
+        if run_dir.exists():
+            shutil.rmtree(run_dir)
+        store.pull(study, _relative(study_dir, run_dir))
     resumable = CHECKPOINT_FILE if workers == 1 else DISTRIBUTED_RECORD
     if (run_dir / resumable).is_file():
         return True
     if run_dir.exists():
         shutil.rmtree(run_dir)
-    curve_path(study_dir, trial_id).unlink(missing_ok=True)
+    curve = curve_path(study_dir, trial_id)
+    curve.unlink(missing_ok=True)
+    for leftover in (run_dir, curve):
+        store.delete(study, _relative(study_dir, leftover))
     return False
+
+
+def _relative(study_dir: Path, path: Path) -> str:
+    return path.relative_to(study_dir).as_posix()
 
 
 def _report(metrics: dict[str, Any], epoch: int | None) -> None:
@@ -133,24 +149,30 @@ def train_trial(params: dict[str, Any], context: TrialContext, teacher: Teacher)
     from ray import tune
 
     trial_id = tune.get_context().get_trial_id()
-    study_dir = Path(context.study_dir)
+    store = StudyStorage(context.storage)
+    pusher = TreePusher(store, context.study)
+    study_dir = store.study_dir(context.study)
     run_dir = run_dir_of(study_dir, trial_id)
     try:
-        _train(params, context, teacher, trial_id, study_dir, run_dir)
+        _train(params, context, teacher, trial_id, store, pusher)
     except Exception as error:
         # Kept beside the run so the trial table can show the cause in one line.
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / ERROR_FILE).write_text(error_text(error) + "\n")
+        pusher.push(_relative(study_dir, run_dir))
         raise
 
 
 def _train(params: dict[str, Any], context: TrialContext, teacher: Teacher, trial_id: str,
-           study_dir: Path, run_dir: Path) -> None:
+           store: StudyStorage, pusher: TreePusher) -> None:
     import torch
 
     config = from_mapping(params, base=from_mapping(context.base))
+    study_dir = store.study_dir(context.study)
+    run_dir = run_dir_of(study_dir, trial_id)
+    resume = _fresh_or_resume(store, context.study, trial_id, context.workers)
     (run_dir / ERROR_FILE).unlink(missing_ok=True)
-    resume = _fresh_or_resume(run_dir, study_dir, trial_id, context.workers)
+    store.delete(context.study, _relative(study_dir, run_dir / ERROR_FILE))
     if context.workers == 1:
         torch.set_num_threads(max(1, int(context.cpus)))
     history: list[dict[str, Any]] = []
@@ -163,8 +185,9 @@ def _train(params: dict[str, Any], context: TrialContext, teacher: Teacher, tria
         # state); a distributed run may not, so fall back to the rows seen here.
         history = (pq.read_table(metrics_file).to_pylist() if metrics_file.is_file()
                    else [*history, dict(row)])
-        write_trial_curve(study_dir, context.study, trial_id, context.searched, config,
-                          history)
+        curve = write_trial_curve(study_dir, context.study, trial_id, context.searched, config,
+                                  history)
+        pusher.push(_relative(study_dir, run_dir), _relative(study_dir, curve))
         _inject_fault(context.faults, int(row["epoch"]))
         _report(_reported_metrics(row, history), int(row["epoch"]))
         reported = True
@@ -174,6 +197,7 @@ def _train(params: dict[str, Any], context: TrialContext, teacher: Teacher, tria
                                    on_epoch=on_epoch, progress=False)
     else:
         summary = _run_distributed(config, run_dir, resume, teacher, on_epoch, context)
+    pusher.push(_relative(study_dir, run_dir))  # the final student.pt, summary and plot
     if not reported:
         # A restored trial whose run had already finished: tell Tune its final numbers.
         final = {"epoch": summary.get("epochs_run")}
