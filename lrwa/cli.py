@@ -48,6 +48,10 @@ def _distill_flags(parser: argparse.ArgumentParser) -> None:
     add("--device", choices=("auto", "cpu", "cuda"))
     add("--data-root", help="folder with CIFAR/SVHN files")
     add("--download", action="store_true", default=None, help="download CIFAR/SVHN if missing")
+    add("--bf16", action="store_true", default=None,
+        help="bf16 autocast of the student update (CUDA only)")
+    add("--channels-last", action="store_true", default=None,
+        help="channels_last memory format for the conv nets (a GPU speed option)")
     add("--config", help="YAML file of config keys")
     add("--out", required=True, help="run folder (refused if it already holds a run)")
     add("--resume", action="store_true", help="continue the run in --out")

@@ -93,7 +93,9 @@ class DistillConfig:
                                  doc="student steps between cos(grad acq, grad ret) probes; 0 off")
     seed: int = _field(0, low=0, high=2**32 - 1)
     device: str = _field("auto", choices=("auto", "cpu", "cuda"))
-    bf16: bool = _field(False, doc="bf16 autocast on CUDA")
+    bf16: bool = _field(False, doc="bf16 autocast of the student update on CUDA")
+    channels_last: bool = _field(False, doc="channels_last memory format for teacher, student "
+                                            "and generator (tensor-core convolutions on GPUs)")
 
     @property
     def replay_batch_size(self) -> int:

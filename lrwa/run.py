@@ -11,7 +11,7 @@ A folder that already holds a run is never overwritten: it is resumed with
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +21,7 @@ import yaml
 import lrwa
 from lrwa.atomic import atomic_path, write_text
 from lrwa.config import DistillConfig, from_mapping, load_yaml
-from lrwa.data import load_split
+from lrwa.data import DatasetSpec, load_split
 from lrwa.distiller import Distiller, resolve_device
 from lrwa.errors import LrwaError
 from lrwa.provenance import versions
@@ -89,14 +89,16 @@ def load_checkpoint(out_dir: Path) -> dict[str, Any]:
     return payload
 
 
-def build_summary(distiller: Distiller, config: DistillConfig, teacher: Teacher,
-                  wall_seconds: float, complete: bool) -> dict[str, Any]:
-    statistics = curve_statistics([row["test_acc"] for row in distiller.history])
+def build_summary(history: Sequence[Mapping[str, Any]], teacher_acc: float,
+                  config: DistillConfig, teacher: Teacher, wall_seconds: float,
+                  complete: bool) -> dict[str, Any]:
+    """summary.json of a run whose per-epoch rows are `history` (single process or Ray)."""
+    statistics = curve_statistics([row["test_acc"] for row in history])
     return {
         **statistics,
-        "teacher_acc": distiller.teacher_acc,
-        "teacher_gap": distiller.teacher_acc - statistics["best_acc"],
-        "epochs_run": distiller.epoch,
+        "teacher_acc": teacher_acc,
+        "teacher_gap": teacher_acc - statistics["best_acc"],
+        "epochs_run": int(history[-1]["epoch"]) if history else 0,
         "complete": complete,
         "wall_s": wall_seconds,
         "seed": config.seed,
@@ -105,6 +107,15 @@ def build_summary(distiller: Distiller, config: DistillConfig, teacher: Teacher,
         "config": config.to_dict(),
         "versions": versions(),
     }
+
+
+def student_metadata(config: DistillConfig, spec: DatasetSpec, final_acc: float
+                     ) -> dict[str, Any]:
+    """student.pt's metadata: the teacher checkpoint fields, so `lrwa teacher eval` reads it."""
+    return {"arch": config.student, "dataset": spec.name, "num_classes": spec.num_classes,
+            "channels": spec.channels, "image_size": spec.image_size, "mean": list(spec.mean),
+            "std": list(spec.std), "test_acc": final_acc, "lrwa_version": lrwa.__version__,
+            "seed": config.seed, "distilled_with": config.mode}
 
 
 def run_distillation(config: DistillConfig | None, out_dir: str | Path, resume: bool = False,
@@ -138,18 +149,16 @@ def run_distillation(config: DistillConfig | None, out_dir: str | Path, resume: 
     for row in distiller.epochs():
         write_metrics(out_dir, distiller.history)
         _save_checkpoint(out_dir, distiller, config)
-        write_summary(out_dir, build_summary(distiller, config, teacher,
-                                             time.perf_counter() - started, complete=False))
+        write_summary(out_dir, build_summary(distiller.history, distiller.teacher_acc, config,
+                                             teacher, time.perf_counter() - started,
+                                             complete=False))
         if on_epoch is not None:
             on_epoch(row)
-    summary = build_summary(distiller, config, teacher, time.perf_counter() - started,
-                            complete=True)
+    summary = build_summary(distiller.history, distiller.teacher_acc, config, teacher,
+                            time.perf_counter() - started, complete=True)
     write_summary(out_dir, summary)
     plot_learning_curve(out_dir, distiller.history, title, distiller.teacher_acc)
-    student_metadata = {
-        "arch": config.student, "dataset": spec.name, "num_classes": spec.num_classes,
-        "channels": spec.channels, "image_size": spec.image_size, "mean": list(spec.mean),
-        "std": list(spec.std), "test_acc": summary["final_acc"],
-        "lrwa_version": lrwa.__version__, "seed": config.seed, "distilled_with": config.mode}
-    save_teacher(Teacher(distiller.student.cpu(), student_metadata), out_dir / STUDENT_FILE)
+    save_teacher(Teacher(distiller.student.cpu(), student_metadata(config, spec,
+                                                                   summary["final_acc"])),
+                 out_dir / STUDENT_FILE)
     return summary

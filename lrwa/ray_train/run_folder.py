@@ -25,13 +25,12 @@ from typing import Any
 import ray.train
 from ray.util.queue import Empty, Queue
 
-import lrwa
 from lrwa.atomic import write_text
 from lrwa.config import DistillConfig
 from lrwa.errors import LrwaError
 from lrwa.models import build_model
 from lrwa.ray_train.worker import load_shard
-from lrwa.run import CHECKPOINT_FILE, STUDENT_FILE, build_summary
+from lrwa.run import CHECKPOINT_FILE, STUDENT_FILE, build_summary, student_metadata
 from lrwa.sinks import plot_learning_curve, write_metrics, write_summary
 from lrwa.teacher import Teacher, save_teacher
 
@@ -74,15 +73,6 @@ def write_record(out_dir: Path, record: dict[str, Any]) -> None:
 
 
 @dataclass
-class _Curve:
-    """The three attributes of a Distiller that `run.build_summary` reads."""
-
-    history: list[dict[str, Any]]
-    teacher_acc: float
-    epoch: int
-
-
-@dataclass
 class Progress:
     """Writes the rows rank 0 streams while the trainer runs, and calls `on_epoch`.
 
@@ -108,9 +98,8 @@ class Progress:
         self.rows[row["epoch"]] = row
         history = [self.rows[epoch] for epoch in sorted(self.rows)]
         write_metrics(self.out_dir, history)
-        curve = _Curve(history, message["teacher_acc"], row["epoch"])
-        write_summary(self.out_dir, build_summary(curve, self.config, self.teacher, self.wall(),
-                                                  complete=False))
+        write_summary(self.out_dir, build_summary(history, message["teacher_acc"], self.config,
+                                                  self.teacher, self.wall(), complete=False))
         if self.on_epoch is not None:
             self.on_epoch(row)
 
@@ -130,15 +119,6 @@ class Progress:
                 return
 
 
-def _student_metadata(config: DistillConfig, teacher: Teacher, final_acc: float) -> dict:
-    spec = teacher.spec
-    # The fields run_distillation writes into student.pt, so `lrwa teacher eval` reads it.
-    return {"arch": config.student, "dataset": spec.name, "num_classes": spec.num_classes,
-            "channels": spec.channels, "image_size": spec.image_size, "mean": list(spec.mean),
-            "std": list(spec.std), "test_acc": final_acc, "lrwa_version": lrwa.__version__,
-            "seed": config.seed, "distilled_with": config.mode}
-
-
 def finish(out_dir: Path, checkpoint: ray.train.Checkpoint | None, workers: int,
            config: DistillConfig, teacher: Teacher, wall: float) -> dict[str, Any]:
     """Write the final files from the last checkpoint's rank-0 shard; return the summary."""
@@ -147,16 +127,16 @@ def finish(out_dir: Path, checkpoint: ray.train.Checkpoint | None, workers: int,
     with checkpoint.as_directory() as directory:
         main = load_shard(Path(directory), 0, workers)
     state = main["distiller"]
-    curve = _Curve(state["history"], main["teacher_acc"], state["epoch"])
-    write_metrics(out_dir, curve.history)
-    summary = build_summary(curve, config, teacher, wall, complete=True)
+    history, teacher_acc = state["history"], main["teacher_acc"]
+    write_metrics(out_dir, history)
+    summary = build_summary(history, teacher_acc, config, teacher, wall, complete=True)
     write_summary(out_dir, summary)
     title = (f"{config.mode} / {config.replay}: {teacher.metadata['arch']} -> {config.student}"
              f", {workers} workers")
-    plot_learning_curve(out_dir, curve.history, title, curve.teacher_acc)
+    plot_learning_curve(out_dir, history, title, teacher_acc)
     spec = teacher.spec
     student = build_model(config.student, spec.channels, spec.image_size, spec.num_classes)
     student.load_state_dict(state["student"])
-    save_teacher(Teacher(student, _student_metadata(config, teacher, summary["final_acc"])),
+    save_teacher(Teacher(student, student_metadata(config, spec, summary["final_acc"])),
                  out_dir / STUDENT_FILE)
     return summary
