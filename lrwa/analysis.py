@@ -141,6 +141,24 @@ def _save(figure: Any, path: Path) -> Path:
     return path
 
 
+def _finish_plot(figure: Any, axis: Any, path: Path, xlabel: str, ylabel: str, title: str,
+                 legend_size: float | None = None) -> Path:
+    """Labels, grid, optional legend, then the atomic save every report plot shares."""
+    axis.set_xlabel(xlabel)
+    axis.set_ylabel(ylabel)
+    axis.set_title(title)
+    axis.grid(alpha=0.3)
+    if legend_size is not None:
+        axis.legend(fontsize=legend_size)
+    figure.tight_layout()
+    return _save(figure, path)
+
+
+def _ranked_settings(ranked: pd.DataFrame, settings: pd.DataFrame) -> pd.DataFrame:
+    """The settings rows of the ranked trials (none when nothing is ranked)."""
+    return settings.loc[ranked.index] if not ranked.empty else settings.iloc[:0]
+
+
 def _settings(trials: pd.DataFrame) -> pd.DataFrame:
     """Every DistillConfig key of every trial as columns (searched or not)."""
     configs = [json.loads(text) if isinstance(text, str) else {} for text in trials["config"]]
@@ -157,13 +175,8 @@ def plot_top_curves(curves: pd.DataFrame, ranked: pd.DataFrame, path: Path,
         curve = curves[curves["trial_id"] == trial_id].dropna(subset=["test_acc"])
         axis.plot(curve["epoch"], 100 * curve["test_acc"], marker="o", markersize=2,
                   label=trial_id)
-    axis.set_xlabel("epoch")
-    axis.set_ylabel("test accuracy (%)")
-    axis.set_title(f"learning curves of the top {min(top, len(ranked))} trials")
-    axis.grid(alpha=0.3)
-    axis.legend(fontsize=7)
-    figure.tight_layout()
-    return _save(figure, path)
+    return _finish_plot(figure, axis, path, "epoch", "test accuracy (%)",
+                        f"learning curves of the top {min(top, len(ranked))} trials", 7)
 
 
 def plot_curves_by_mode(curves: pd.DataFrame, path: Path) -> Path | None:
@@ -179,18 +192,13 @@ def plot_curves_by_mode(curves: pd.DataFrame, path: Path) -> Path | None:
         mean = group.groupby("epoch")["test_acc"].mean()
         axis.plot(mean.index, 100 * mean.to_numpy(), color=colour, linewidth=2.5,
                   label=f"{mode} / {replay} (mean of {group['trial_id'].nunique()})")
-    axis.set_xlabel("epoch")
-    axis.set_ylabel("test accuracy (%)")
-    axis.set_title("learning curves by mode and replay")
-    axis.grid(alpha=0.3)
-    axis.legend(fontsize=8)
-    figure.tight_layout()
-    return _save(figure, path)
+    return _finish_plot(figure, axis, path, "epoch", "test accuracy (%)",
+                        "learning curves by mode and replay", 8)
 
 
 def plot_alpha_ratio(ranked: pd.DataFrame, settings: pd.DataFrame, metric: str,
                      path: Path) -> Path | None:
-    frame = settings.loc[ranked.index] if not ranked.empty else settings.iloc[:0]
+    frame = _ranked_settings(ranked, settings)
     if frame.empty or frame["alpha"].nunique() < 2 and frame["replay_ratio"].nunique() < 2:
         return None
     plt = _pyplot()
@@ -200,17 +208,13 @@ def plot_alpha_ratio(ranked: pd.DataFrame, settings: pd.DataFrame, metric: str,
     figure.colorbar(points, ax=axis, label=metric)
     if (frame["alpha"] > 0).all() and frame["alpha"].nunique() > 1:
         axis.set_xscale("log")
-    axis.set_xlabel("alpha (inner step size)")
-    axis.set_ylabel("replay ratio")
-    axis.set_title(f"{metric} over alpha x replay ratio")
-    axis.grid(alpha=0.3)
-    figure.tight_layout()
-    return _save(figure, path)
+    return _finish_plot(figure, axis, path, "alpha (inner step size)", "replay ratio",
+                        f"{metric} over alpha x replay ratio")
 
 
 def plot_buffer_size(ranked: pd.DataFrame, settings: pd.DataFrame, metric: str,
                      path: Path) -> Path | None:
-    frame = settings.loc[ranked.index] if not ranked.empty else settings.iloc[:0]
+    frame = _ranked_settings(ranked, settings)
     if frame.empty or frame["buffer_size"].nunique() < 2:
         return None
     plt = _pyplot()
@@ -219,13 +223,8 @@ def plot_buffer_size(ranked: pd.DataFrame, settings: pd.DataFrame, metric: str,
         axis.scatter(frame.loc[group.index, "buffer_size"], group[metric], label=mode,
                      color=f"C{index}", s=50, edgecolors="black")
     axis.set_xscale("log")
-    axis.set_xlabel("buffer size (samples)")
-    axis.set_ylabel(metric)
-    axis.set_title(f"effect of buffer size on {metric}")
-    axis.grid(alpha=0.3)
-    axis.legend()
-    figure.tight_layout()
-    return _save(figure, path)
+    return _finish_plot(figure, axis, path, "buffer size (samples)", metric,
+                        f"effect of buffer size on {metric}", 10)
 
 
 def parameter_importances(study_dir: Path, name: str,
