@@ -13,7 +13,6 @@ import shutil
 
 import pyarrow.fs as pafs
 import pytest
-import ray
 from tiny_study import write_study_file, write_tiny_teacher
 
 from lrwa.analysis import BEST_CONFIG, load_study, write_report
@@ -55,11 +54,9 @@ def endpoint():
 
 
 @pytest.fixture(scope="module")
-def ray_session(endpoint):
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
-             logging_level=logging.ERROR)
-    yield
-    ray.shutdown()
+def ray_session(endpoint, ray_session):
+    """conftest's session, started after the endpoint's environment is in place."""
+    return ray_session
 
 
 @pytest.fixture(scope="module")

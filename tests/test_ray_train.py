@@ -7,13 +7,11 @@ checks as much as it can.
 
 from __future__ import annotations
 
-import logging
 import math
 import time
 
 import pandas as pd
 import pytest
-import ray
 import torch
 
 from lrwa.config import build_config
@@ -44,11 +42,8 @@ PARITY_TOLERANCE = 1e-5
 
 
 @pytest.fixture(scope="module", autouse=True)
-def ray_session():
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
-             logging_level=logging.ERROR)
-    yield
-    ray.shutdown()
+def _ray(ray_session):
+    """Every test here talks to Ray."""
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,6 @@ tiny sizes, so each study costs Ray's start-up and little else.
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 
 import optuna
@@ -31,14 +30,6 @@ from lrwa.tune.resources import check_cluster, resources_per_trial, trial_bundle
 from lrwa.tune.runner import prepare_study_dir, run_study
 from lrwa.tune.study import STUDIES_DIR, load_study_file, resolve_study_path
 from lrwa.tune.trainable import FaultPlan
-
-
-@pytest.fixture(scope="module")
-def ray_session():
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
-             logging_level=logging.ERROR)
-    yield
-    ray.shutdown()
 
 
 @pytest.fixture(scope="module")
