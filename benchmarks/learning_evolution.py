@@ -13,6 +13,7 @@ the picture.
     python benchmarks/learning_evolution.py           # full run, ~1 h on 2 cores
     python benchmarks/learning_evolution.py --quick   # a look in < 5 min (not committed)
     python benchmarks/learning_evolution.py --report-only   # redo tables/plots from runs
+    python benchmarks/learning_evolution.py --diagnose runs/learning_evolution/runs/digits/mb-dfkd/seed-0
 
 The full run writes benchmarks/BENCHMARKS.md, the curves (learning_evolution_curves.csv)
 and the plots (learning_evolution_<dataset>.png); runs live under --work-dir and a killed
@@ -383,10 +384,13 @@ def plot_pass(curves: pd.DataFrame, dataset: str, path: Path) -> None:
             by_epoch = (100 * run.pivot_table(index="epoch", columns="seed",
                                               values="test_acc"))
             mean, low, high = by_epoch.mean(axis=1), by_epoch.min(axis=1), by_epoch.max(axis=1)
-            line = axis.plot(mean.index, mean, label=system)[0]
-            axis.fill_between(mean.index, low, high, color=line.get_color(), alpha=0.2)
+            colour = f"C{[known.name for known in SYSTEMS].index(system) % 10}"
+            axis.plot(mean.index, mean, label=system, color=colour)
+            axis.fill_between(mean.index, low, high, color=colour, alpha=0.2)
         axis.axhline(teacher, color="grey", linestyle="--", label="teacher")
-        axis.set_ylim(max(0, teacher - 30), min(100, teacher + 3))
+        # The first epoch starts near chance; the scale is set by what follows it.
+        later = 100 * curves[curves["epoch"] > 1]["test_acc"]
+        axis.set_ylim(max(0, min(teacher - 30, later.min() - 5)), min(100, teacher + 3))
         axis.set_xlabel("epoch")
         axis.set_ylabel("test accuracy (%)")
         axis.set_title(f"{dataset}: {title}", fontsize=10)
@@ -399,12 +403,56 @@ def plot_pass(curves: pd.DataFrame, dataset: str, path: Path) -> None:
     plt.close(figure)
 
 
-def step_cost_section(quick: bool) -> str:
+def step_cost_section(quick: bool, work_dir: Path) -> str:
+    """step_cost.py's tables, run once per work dir (kept for --report-only)."""
+    from lrwa.atomic import write_text
+
+    kept = work_dir / "step_cost.txt"
+    if kept.is_file():
+        return kept.read_text().strip()
     command = [sys.executable, str(HERE / "step_cost.py"), "--rounds", "5" if quick else "20"]
     result = subprocess.run(command, capture_output=True, text=True, check=False)
     if result.returncode != 0:
         return f"step_cost.py failed: {result.stderr.strip().splitlines()[-1:]}"
+    write_text(kept, result.stdout)
     return result.stdout.strip()
+
+
+def diagnose(run_dir: Path, samples: int = 2000) -> None:
+    """Why a run plateaus: the teacher's classes on generated samples, and how often the
+    student agrees with the teacher there and on the real test split."""
+    import numpy as np
+    import torch
+
+    from lrwa.data import load_split
+    from lrwa.generator import Generator
+    from lrwa.models import build_model
+    from lrwa.run import load_checkpoint, resolve_teacher, saved_config
+
+    config = saved_config(run_dir)
+    state = load_checkpoint(run_dir)["distiller"]
+    teacher = resolve_teacher(config, progress=False)
+    spec = teacher.spec
+    generator = Generator(config.latent_dim, spec.channels, spec.image_size,
+                          width=config.generator_width)
+    generator.load_state_dict(state["generator"])
+    student = build_model(config.student, spec.channels, spec.image_size, spec.num_classes)
+    student.load_state_dict(state["student"])
+    teacher.model.eval(), student.eval(), generator.train()  # train: batch statistics, as used
+    torch.manual_seed(0)
+    images, labels = load_split(spec.name, "test").tensors()
+    with torch.no_grad():
+        generated = generator(torch.randn(samples, config.latent_dim))
+        on_generated = teacher.model(generated).argmax(1)
+        agree_generated = (student(generated).argmax(1) == on_generated).float().mean()
+        teacher_real = teacher.model(images).argmax(1)
+        agree_real = (student(images).argmax(1) == teacher_real).float().mean()
+        student_real = (student(images).argmax(1) == labels).float().mean()
+    print(f"{run_dir}: teacher's class counts on {samples} generated samples "
+          f"{np.bincount(on_generated.numpy(), minlength=spec.num_classes).tolist()}")
+    print(f"student agrees with the teacher on generated samples {100 * agree_generated:.1f}%, "
+          f"on the real test split {100 * agree_real:.1f}% (student test accuracy "
+          f"{100 * student_real:.1f}%)")
 
 
 def report(passes: Sequence[Pass], work_dir: Path, out_dir: Path, quick: bool,
@@ -447,7 +495,8 @@ def report(passes: Sequence[Pass], work_dir: Path, out_dir: Path, quick: bool,
                          "digits reuses these choices):"), "", tuning_table(tuning[plan.dataset])]
     if all_curves:
         pd.concat(all_curves).to_csv(out_dir / "learning_evolution_curves.csv", index=False)
-    sections += ["", "## Step cost (`python benchmarks/step_cost.py`)", "", step_cost_section(quick)]
+    sections += ["", "## Step cost (`python benchmarks/step_cost.py`)", "",
+                 step_cost_section(quick, work_dir)]
     notes = HERE / "learning_evolution_notes.md"
     if notes.is_file() and not quick:
         sections += ["", notes.read_text().strip()]
@@ -465,7 +514,13 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2, help="runs side by side")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per run")
     parser.add_argument("--report-only", action="store_true", help="tables and plots only")
+    parser.add_argument("--diagnose", type=Path, metavar="RUN_DIR",
+                        help="print why a run plateaus (class coverage, student-teacher "
+                             "agreement on generated and real images) and stop")
     args = parser.parse_args()
+    if args.diagnose:
+        diagnose(args.diagnose)
+        return
 
     passes = QUICK if args.quick else FULL
     work_dir = (args.work_dir or Path("runs") / ("learning_evolution-quick" if args.quick
@@ -488,7 +543,10 @@ def main() -> None:
             run_all(upper_jobs(plan, teacher, work_dir) + main_jobs(plan, base, chosen, work_dir),
                     args.workers, args.threads, f"{plan.dataset} runs", work_dir)
     command = "python benchmarks/learning_evolution.py" + (" --quick" if args.quick else "")
-    wall = None if args.report_only else time.perf_counter() - started
+    wall_file = work_dir / "wall.json"
+    if not args.report_only:  # the last full invocation's wall time, kept for --report-only
+        _write_json(wall_file, {"wall_s": time.perf_counter() - started})
+    wall = json.loads(wall_file.read_text())["wall_s"] if wall_file.is_file() else None
     text = report(passes, work_dir, out_dir, args.quick, tuning, command, wall)
     from lrwa.atomic import write_text
 
