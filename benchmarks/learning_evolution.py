@@ -10,7 +10,7 @@ accuracy wins. The supervised upper bounds (the student trained on real data, an
 the teacher on real data) and the step-cost ratios of `benchmarks/step_cost.py` complete
 the picture.
 
-    python benchmarks/learning_evolution.py           # full run, ~1 h on 2 cores
+    python benchmarks/learning_evolution.py           # full run, ~85 min on 2 cores
     python benchmarks/learning_evolution.py --quick   # a look in < 5 min (not committed)
     python benchmarks/learning_evolution.py --report-only   # redo tables/plots from runs
     python benchmarks/learning_evolution.py --diagnose runs/learning_evolution/runs/digits/mb-dfkd/seed-0
