@@ -85,8 +85,9 @@ def _forget_local_copies(storage_uri):
 def test_study_runs_resumes_and_reports_through_s3(ray_session, endpoint, teacher_file,
                                                     tmp_path, capsys):
     storage = _uri(endpoint, "studies")
-    study = load_study_file(write_study_file(tmp_path, teacher_file, base={"epochs": 3},
-                                             budget={"max_concurrent": 1}))
+    study_file = write_study_file(tmp_path, teacher_file, base={"epochs": 3},
+                                  budget={"max_concurrent": 1})
+    study = load_study_file(study_file)
     faults = FaultPlan(epoch=2, marker=str(tmp_path / "interrupt-once"), action="interrupt",
                        driver_pid=os.getpid())
     first = run_study(study, storage, faults=faults)
@@ -100,9 +101,14 @@ def test_study_runs_resumes_and_reports_through_s3(ray_session, endpoint, teache
 
     # A new head node: only the store knows the study, and it resumes from there.
     _forget_local_copies(storage)
-    resumed = run_study(study, storage)
-    assert resumed.resumed and resumed.statuses["completed"] == 2
-    assert resumed.storage.location("tiny") == f"s3://{BUCKET}/studies/tiny"
+    # Through the CLI, as a user would, which also writes the report back to the store.
+    capsys.readouterr()
+    assert main(["tune", str(study_file), "--storage", storage]) == 0
+    printed = capsys.readouterr().out
+    assert f"resuming study 'tiny': 2 trials, up to 1 at a time -> s3://{BUCKET}/studies/tiny" \
+        in printed
+    assert f"study s3://{BUCKET}/studies/tiny: 2 completed" in printed
+    assert {BEST_CONFIG, "report/top_learning_curves.png"} <= _stored(endpoint, "studies/tiny")
 
     _forget_local_copies(storage)
     trials, curves = load_study(_uri(endpoint, "studies/tiny"))
@@ -115,7 +121,9 @@ def test_study_runs_resumes_and_reports_through_s3(ray_session, endpoint, teache
         assert {f"runs/{trial_id}/student.pt", f"runs/{trial_id}/summary.json"} <= stored
 
     # `lrwa report s3://...` reads the study back and writes its report to the store.
-    capsys.readouterr()
+    filesystem = pafs.S3FileSystem(endpoint_override=endpoint, scheme="http")
+    filesystem.delete_dir(f"{BUCKET}/studies/tiny/report")
+    filesystem.delete_file(f"{BUCKET}/studies/tiny/{BEST_CONFIG}")
     assert main(["report", _uri(endpoint, "studies/tiny"), "--no-plots"]) == 0
     assert "best configuration" in capsys.readouterr().out
     assert BEST_CONFIG in _stored(endpoint, "studies/tiny")
