@@ -119,14 +119,10 @@ def _start_worker(threads: int) -> None:
 def run_job(job: Job) -> dict[str, Any]:
     """Run (or resume, or just read back) one job; never raises, failures are recorded."""
     folder = Path(job.folder)
-    started = time.perf_counter()
     try:
-        if job.kind == "upper":
-            return {**_upper_bound(job, folder), "wall_s": time.perf_counter() - started}
-        return {**_distill(job, folder), "wall_s": time.perf_counter() - started}
+        return _upper_bound(job, folder) if job.kind == "upper" else _distill(job, folder)
     except Exception as error:  # noqa: BLE001 - a diverged run is a result, not a crash
-        return {"folder": job.folder, "error": f"{type(error).__name__}: {error}",
-                "wall_s": time.perf_counter() - started}
+        return {"folder": job.folder, "error": f"{type(error).__name__}: {error}"}
 
 
 def _distill(job: Job, folder: Path) -> dict[str, Any]:
@@ -213,6 +209,11 @@ def tuning_jobs(plan: Pass, base: dict[str, Any], work_dir: Path) -> list[Job]:
     return jobs
 
 
+def best_tried(group: pd.DataFrame) -> pd.Series:
+    """The tuning row with the best mean validation accuracy (a failed run never wins)."""
+    return group.loc[group["val_mean_acc"].fillna(-1).idxmax()]
+
+
 def choose_knobs(plan: Pass, work_dir: Path) -> tuple[dict[str, dict[str, Any]], pd.DataFrame]:
     """Per tuned system: the knob value with the best mean validation accuracy."""
     from lrwa.sinks import read_metrics
@@ -229,7 +230,7 @@ def choose_knobs(plan: Pass, work_dir: Path) -> tuple[dict[str, dict[str, Any]],
     table = pd.DataFrame(rows)
     chosen: dict[str, dict[str, Any]] = {}
     for name, group in table.groupby("system", sort=False):
-        best = group.loc[group["val_mean_acc"].fillna(-1).idxmax()]
+        best = best_tried(group)
         chosen[str(name)] = {str(best["knob"]): float(best["value"])}
     for name in plan.systems:
         system = system_by_name(name)
@@ -338,7 +339,7 @@ def tuning_table(tuning: pd.DataFrame) -> str:
         tried = ", ".join(f"{value:g}: {100 * accuracy:.2f}"
                           for value, accuracy in zip(group["value"], group["val_mean_acc"],
                                                      strict=True))
-        best = group.loc[group["val_mean_acc"].fillna(-1).idxmax(), "value"]
+        best = best_tried(group)["value"]
         lines.append(f"| {system} | {group['knob'].iloc[0]} | {tried} | {best:g} |")
     return "\n".join(lines)
 

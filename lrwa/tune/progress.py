@@ -152,9 +152,10 @@ class StudyProgress(Callback):
 
     def write_table(self, trials: list[Any]) -> None:
         previous = _previous_statuses(Path(self.study_dir))
-        if self.store.remote:
+        if self.store.remote:  # finished trials' files, once; running ones report later
             for trial in trials:
-                self._pull_record(trial.trial_id, always=False)
+                if trial.status in ("TERMINATED", "ERROR"):
+                    self._pull_record(trial.trial_id, always=False)
         records = [self.record(trial, previous) for trial in trials]
         write_trials_table(Path(self.study_dir), self.searched, records)
         self.store.push(self.name, [TRIALS_FILE, OPTUNA_FILE])

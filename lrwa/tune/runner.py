@@ -262,7 +262,7 @@ class StudyOutcome:
     resumed: bool
     statuses: dict[str, int]
     interrupted: bool
-    storage: StudyStorage | None = None
+    storage: StudyStorage
 
 
 def run_study(study: Study, storage: str | os.PathLike[str] = DEFAULT_STORAGE,

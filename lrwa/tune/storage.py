@@ -39,7 +39,12 @@ REMOTE_SCHEMES = ("s3", "gs", "gcs")
 
 
 def is_remote(uri: str | os.PathLike[str]) -> bool:
-    return urlsplit(os.fspath(str(uri))).scheme in REMOTE_SCHEMES
+    return urlsplit(str(uri)).scheme in REMOTE_SCHEMES
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else ""
 
 
 @functools.lru_cache(maxsize=8)
@@ -49,8 +54,8 @@ def _filesystem(uri: str) -> tuple[Any, str]:
     try:
         return pafs.FileSystem.from_uri(uri)
     except Exception as error:  # noqa: BLE001 - pyarrow raises several types for bad URIs
-        message = str(error).strip().splitlines()[0] if str(error).strip() else ""
-        raise LrwaError(f"storage {redact(uri)}: {type(error).__name__}: {message}") from None
+        raise LrwaError(f"storage {redact(uri)}: {type(error).__name__}: "
+                        f"{_first_line(error)}") from None
 
 
 def redact(uri: str) -> str:
@@ -129,8 +134,8 @@ class StudyStorage:
         base = self.filesystem()[1].rstrip("/")
         return "/".join(part for part in (base, name, relative.strip("/")) if part)
 
-    def _remote_files(self, name: str, relative: str) -> dict[str, int]:
-        """{path relative to the study: size} of the files at or under `relative`."""
+    def _remote_files(self, name: str, relative: str) -> list[str]:
+        """Paths (relative to the study) of the stored files at or under `relative`."""
         import pyarrow.fs as pafs
 
         fs = self.filesystem()[0]
@@ -138,12 +143,12 @@ class StudyStorage:
         target = self.remote_path(name, relative)
         info = fs.get_file_info(target)
         if info.type == pafs.FileType.File:
-            return {relative: info.size}
+            return [relative]
         if info.type != pafs.FileType.Directory:
-            return {}
+            return []
         selector = pafs.FileSelector(target, recursive=True, allow_not_found=True)
-        return {item.path[len(root) + 1:]: item.size for item in fs.get_file_info(selector)
-                if item.type == pafs.FileType.File}
+        return [item.path[len(root) + 1:] for item in fs.get_file_info(selector)
+                if item.type == pafs.FileType.File]
 
     def pull(self, name: str, relative: str = "", skip: Iterable[str] = ()) -> int:
         """Copy the store's files at or under `relative` into the local study folder,
@@ -208,9 +213,8 @@ class StudyStorage:
                 writer.write(b"ok")
             fs.delete_file(self.remote_path(name, probe))
         except OSError as error:
-            reason = str(error).strip().splitlines()[0] if str(error).strip() else ""
             raise LrwaError(f"storage {self.location(name)} cannot be written "
-                            f"({reason[:200]})") from None
+                            f"({_first_line(error)[:200]})") from None
 
     def move_aside(self, name: str) -> str:
         """Copy the study's objects to `<name>.old-<time>`, then remove the originals (an

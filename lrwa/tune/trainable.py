@@ -171,8 +171,10 @@ def _train(params: dict[str, Any], context: TrialContext, teacher: Teacher, tria
     study_dir = store.study_dir(context.study)
     run_dir = run_dir_of(study_dir, trial_id)
     resume = _fresh_or_resume(store, context.study, trial_id, context.workers)
-    (run_dir / ERROR_FILE).unlink(missing_ok=True)
-    store.delete(context.study, _relative(study_dir, run_dir / ERROR_FILE))
+    error_file = run_dir / ERROR_FILE
+    if error_file.is_file():  # the store's copy came down with the run folder, if any
+        error_file.unlink()
+        store.delete(context.study, _relative(study_dir, error_file))
     if context.workers == 1:
         torch.set_num_threads(max(1, int(context.cpus)))
     history: list[dict[str, Any]] = []
