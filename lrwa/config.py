@@ -22,6 +22,7 @@ from lrwa.errors import LrwaError
 
 MODES = ("acquire", "joint", "meta")
 REPLAYS = ("none", "memory", "generative")
+REPLAY_LOSSES = ("separate", "concatenated")
 MAX_REPLAY_RATIO = 4.0
 
 
@@ -45,8 +46,15 @@ class DistillConfig:
     # The student update (METHOD.md): acquire-only, joint (baselines) or meta (LRWA).
     mode: str = _field("meta", choices=MODES)
     alpha: float = _field(0.9, low=0.0, high=100.0, doc="inner SGD step size of the meta step")
-    inner_weight_decay: float = _field(5e-4, low=0.0, high=1.0)
+    # The paper's theta' = theta - alpha grad L_acq has no weight decay; LRA's inner SGD used 5e-4.
+    inner_weight_decay: float = _field(0.0, low=0.0, high=1.0,
+                                       doc="weight decay inside theta' (LRA's code: 5e-4)")
     first_order: bool = _field(False, doc="drop the second-order terms of the meta gradient")
+    # separate: the paper's L_acq + L_ret, two means; concatenated: one L1 mean over
+    # [fresh; replayed] in one forward, as MB-DFKD, PRE-DFKD and LRA's code compute it.
+    replay_loss: str = _field("separate", choices=REPLAY_LOSSES)
+    detach_inner: bool = _field(False, doc="build theta' from detached weights, as LRA's released "
+                                           "code does (the retention term then adds 0)")
     student_loss: str = _field("l1", choices=("l1", "kl"))
     kl_temperature: float = _field(4.0, low=0.0, low_open=True, high=100.0)
 
