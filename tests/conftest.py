@@ -11,6 +11,9 @@ import torch
 
 os.environ.setdefault("LRWA_CACHE_DIR", tempfile.mkdtemp(prefix="lrwa-test-cache-"))
 os.environ.setdefault("MPLBACKEND", "Agg")
+# The key that signs studies' Ray state (lrwa.tune.integrity), never the user's own.
+os.environ.setdefault("LRWA_STATE_KEY_FILE",
+                      os.path.join(tempfile.mkdtemp(prefix="lrwa-test-key-"), "state.key"))
 
 # The suite's models are tiny, and Ray workers running beside the test process made 2-thread
 # torch up to 10x slower on a 2-core machine through oversubscription.

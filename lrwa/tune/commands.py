@@ -16,9 +16,9 @@ QUICKSTART_STUDY = "quickstart"
 
 def add_commands(subparsers: Any) -> None:
     tune = subparsers.add_parser(
-        "tune", help="run or resume a hyperparameter study (Ray Tune + Optuna)",
-        description="Run a study file; rerunning the same command resumes it.")
-    tune.add_argument("study", help="study YAML file, or a name in tune_studies/ "
+        "tune", help="run or continue a hyperparameter study (Ray Tune + Optuna)",
+        description="Run a study file; rerunning the same command continues it.")
+    tune.add_argument("study", help="study YAML file, or the name of a shipped study "
                       "(e.g. quickstart)")
     tune.add_argument("--storage", default=DEFAULT_STORAGE,
                       help="folder or object store URI (s3://bucket/prefix) that holds the "
@@ -32,7 +32,7 @@ def add_commands(subparsers: Any) -> None:
     tune.set_defaults(func=tune_command)
 
     report = subparsers.add_parser(
-        "report", help="best trials, best_config.yaml and plots of a study folder")
+        "report", help="best trials, best_config.yaml and plots of a study")
     report.add_argument("study_dir", help="e.g. tune_results/quickstart or "
                         "s3://bucket/prefix/quickstart")
     report.add_argument("--top", type=int, default=5, help="trials to show (default 5)")
@@ -40,29 +40,27 @@ def add_commands(subparsers: Any) -> None:
     report.set_defaults(func=report_command)
 
 
-def _finish(outcome: Any) -> None:
-    from lrwa.analysis import BEST_CONFIG, REPORT_DIR, write_report
-    from lrwa.tune.storage import TreePusher
+def _run_and_report(study: Any, storage: str, restart: bool) -> Any:
+    from lrwa.tune.layout import COMPLETED, STOPPED_EARLY
+    from lrwa.tune.report import write_report
+    from lrwa.tune.runner import run_study, summarise
 
-    study_dir = outcome.study_dir
-    location = outcome.storage.location(study_dir.name)
-    counts = ", ".join(f"{count} {status}" for status, count in outcome.statuses.items()
-                       if count)
-    print(f"study {location}: {counts or 'no trials'}", flush=True)
-    if outcome.interrupted:
-        print("interrupted: rerun the same command to resume the unfinished trials",
-              flush=True)
-    if outcome.statuses.get("completed", 0) + outcome.statuses.get("stopped early", 0):
-        write_report(study_dir)
-        TreePusher(outcome.storage, study_dir.name).push(BEST_CONFIG, REPORT_DIR)
-    print(f"Parquet: {location}/curves/ (one row per trial and epoch, partitioned by "
-          f"trial_id) and {location}/trials.parquet; in Python: "
-          f"lrwa.analysis.load_study('{location}')", flush=True)
+    outcome = run_study(study, storage, restart=restart)
+    for line in summarise(outcome, study):
+        print(line, flush=True)
+    if outcome.ran and outcome.statuses.get(COMPLETED, 0) + outcome.statuses.get(
+            STOPPED_EARLY, 0):
+        write_report(outcome.store.location() if outcome.store.remote
+                     else str(outcome.store.local_path()))
+    location = outcome.store.location()
+    print(f"Parquet: {location}/curves/ (one file per trial, one row per epoch) and "
+          f"{location}/trials.parquet; in Python: lrwa.tune.load_study('{location}')",
+          flush=True)
+    return outcome
 
 
 def tune_command(args: argparse.Namespace) -> None:
     from lrwa.tune.estimate import dry_run
-    from lrwa.tune.runner import run_study
     from lrwa.tune.study import load_study_file
 
     study = load_study_file(args.study)
@@ -71,12 +69,12 @@ def tune_command(args: argparse.Namespace) -> None:
     if args.dry_run:
         dry_run(study, args.storage)
         return
-    _finish(run_study(study, args.storage, restart=args.restart))
+    _run_and_report(study, args.storage, args.restart)
 
 
 def report_command(args: argparse.Namespace) -> None:
-    from lrwa.analysis import write_report
     from lrwa.errors import LrwaError
+    from lrwa.tune.report import write_report
 
     if args.top < 1:
         raise LrwaError(f"--top must be at least 1, got {args.top}")
@@ -84,22 +82,21 @@ def report_command(args: argparse.Namespace) -> None:
 
 
 def run_quickstart() -> None:
-    """`tune_studies/quickstart.yaml` end to end into ./tune_results, then the report."""
+    """The shipped quickstart study end to end into ./tune_results, then the report."""
     import yaml
 
-    from lrwa.tune.runner import run_study
+    from lrwa.tune.layout import BEST_CONFIG
     from lrwa.tune.study import load_study_file
 
     study = load_study_file(QUICKSTART_STUDY)
-    print(f"quickstart: study '{study.name}' ({study.source}), {study.trials} trials; "
-          "about 10 minutes on 2 CPU cores", flush=True)
-    outcome = run_study(study, DEFAULT_STORAGE)
-    _finish(outcome)
-    best = outcome.study_dir / "best_config.yaml"
-    if best.is_file():
-        config = yaml.safe_load(best.read_text())
+    print(f"quickstart: study '{study.name}', {study.trials} trials; {study.description}",
+          flush=True)
+    outcome = _run_and_report(study, DEFAULT_STORAGE, restart=False)
+    data = outcome.store.read_bytes(BEST_CONFIG)
+    if data is not None:
+        config = yaml.safe_load(data)
         shown = ", ".join(f"{key}={config[key]:.4g}" if isinstance(config[key], float)
                           else f"{key}={config[key]}"
                           for key in (*study.searched, "mode", "replay", "epochs"))
-        print(f"\nbest configuration: {shown}\nrerun it: lrwa distill --config {best} "
-              f"--out runs/quickstart-best", flush=True)
+        print(f"\nbest configuration: {shown}\nrerun it: lrwa distill --config "
+              f"{outcome.store.location(BEST_CONFIG)} --out runs/quickstart-best", flush=True)

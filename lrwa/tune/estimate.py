@@ -17,10 +17,10 @@ from pathlib import Path
 from typing import Any
 
 from lrwa.errors import LrwaError
-from lrwa.run import resolve_teacher
+from lrwa.teacher import load_teacher
 from lrwa.tune.resources import resources_per_trial, trial_bundles
 from lrwa.tune.space import describe_space
-from lrwa.tune.storage import open_storage
+from lrwa.tune.storage import open_store
 from lrwa.tune.study import Study
 
 DEFAULT_STORAGE = "tune_results"
@@ -37,23 +37,28 @@ MEASURE_BATCH = 64
 
 
 def _measurement_teacher(study: Study) -> tuple[Any, str]:
-    """The study's teacher, or a random one of the same architecture when its file is not
-    there yet (the cost per step does not depend on the weights)."""
+    """A teacher of the study's architecture. The cost of a step does not depend on the
+    weights, so a dry run never trains or loads one: the embedded teacher and a teacher
+    file named with teacher_arch and dataset are stood in for by random weights."""
     from lrwa.config import from_mapping
     from lrwa.data import dataset_spec
     from lrwa.models import build_model
-    from lrwa.teacher import Teacher
+    from lrwa.teacher import DEFAULT_TEACHER, Teacher
 
     base = from_mapping(study.base)
-    if base.teacher is None or Path(base.teacher).is_file():
-        teacher = resolve_teacher(base, progress=False)
+    if base.teacher is None:
+        arch, dataset = DEFAULT_TEACHER["arch"], DEFAULT_TEACHER["dataset"]
+    elif base.teacher_arch and base.dataset:
+        arch, dataset = base.teacher_arch, base.dataset
+    elif Path(base.teacher).is_file():
+        teacher = load_teacher(base.teacher)
         return teacher, teacher.metadata["dataset"]
-    if base.teacher_arch and base.dataset:
-        spec = dataset_spec(base.dataset)
-        model = build_model(base.teacher_arch, spec.channels, spec.image_size, spec.num_classes)
-        return Teacher(model, {"arch": base.teacher_arch, "dataset": base.dataset}), base.dataset
-    raise LrwaError(f"teacher file {base.teacher} does not exist yet and base names no "
-                    "teacher_arch and dataset to build a stand-in of the same cost")
+    else:
+        raise LrwaError(f"teacher file {base.teacher} does not exist yet and base names no "
+                        "teacher_arch and dataset to build a stand-in of the same cost")
+    spec = dataset_spec(dataset)
+    model = build_model(arch, spec.channels, spec.image_size, spec.num_classes)
+    return Teacher(model, {"arch": arch, "dataset": dataset}), dataset
 
 
 def _timed(step: Callable[[], Any], repeats: int, cuda: bool) -> float:
@@ -172,7 +177,7 @@ def dry_run(study: Study, storage: str | os.PathLike[str] = DEFAULT_STORAGE,
     """Print what the study would run and an estimate of its cost; run nothing."""
     base = study.base
     out(f"study '{study.name}' ({study.source}), hash {study.fingerprint()}")
-    out(f"  folder: {open_storage(storage).location(study.name)}")
+    out(f"  folder: {open_store(storage, study.name).location()}")
     out(f"  base: {base['mode']} / {base['replay']}, student {base['student']}, teacher "
         f"{base['teacher'] or 'embedded mnist5k lenet5'}, {base['epochs']} epochs x "
         f"{base['iters_per_epoch']} iterations x {base['student_steps']} student steps, "

@@ -1,15 +1,11 @@
-"""Run a study: its folder, Ray, and the Tuner, new or restored.
+"""Run a study: hold it, check its folder, then a new or restored Tuner to the budget.
 
-    STORAGE/<study>/study.json        the resolved study and its hash (guards resumption)
-    STORAGE/<study>/study.yaml        the same, for people
-    STORAGE/<study>/optuna.journal    the Optuna study (optuna.load_study, optuna-dashboard)
-    STORAGE/<study>/runs/<trial_id>/  each trial's lrwa run folder (checkpoint, student.pt)
-    STORAGE/<study>/curves/, trials.parquet   see `curves.py`
-    STORAGE/<study>/ray/              Tune's experiment state, for Tuner.restore
-
-STORAGE is a folder or an object store URI (`storage.py` says how the latter is
-mirrored). Rerunning the same study resumes it; a folder made from a different
-resolved study is refused unless `restart`, which moves it aside, never deletes it.
+A rerun of the same command continues the study: Ray Tune restores its experiment
+state (after `integrity.verify_state` has checked it is what this study's driver
+wrote), unfinished trials resume from their last checkpoint, and the journal keeps
+every trial's state. A study whose trials have all ended is reported complete
+without touching Ray. A storage holding another study's files is refused unless
+`restart`, which moves them aside, never deletes them.
 """
 
 from __future__ import annotations
@@ -19,123 +15,119 @@ import dataclasses
 import json
 import logging
 import os
-import shutil
 import time
 import warnings
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import yaml
 
-from lrwa.atomic import write_text
 from lrwa.errors import LrwaError
 from lrwa.provenance import versions
 from lrwa.run import resolve_teacher
-from lrwa.tune.curves import (
+from lrwa.tune.integrity import record_state, verify_state
+from lrwa.tune.journal import journal_storage, lrwa_trials, open_optuna_study, pull_journal
+from lrwa.tune.layout import (
     CURVES_DIR,
+    ERRORED,
     OPTUNA_FILE,
     RAY_DIR,
-    STATUSES,
+    RAY_STATE_FILE,
+    STUDY_FORMAT,
     STUDY_JSON,
     STUDY_YAML,
     TRIALS_FILE,
+    UNFINISHED,
 )
-from lrwa.tune.progress import Printer, StudyProgress, print_line
+from lrwa.tune.lock import hold_study
+from lrwa.tune.recorder import SESSIONS, Printer, Session, StudyRecorder, print_line
 from lrwa.tune.resources import check_cluster, trial_bundles
+from lrwa.tune.results import read_study_record
 from lrwa.tune.space import build_sampler, optuna_space
-from lrwa.tune.storage import StudyStorage, open_storage
+from lrwa.tune.storage import StudyStore, open_store
 from lrwa.tune.study import Study
-from lrwa.tune.trainable import RUNS_DIR, FaultPlan, TrialContext, train_trial
+from lrwa.tune.trainable import FaultPlan, TrialContext, train_trial
 
-STUDY_FORMAT = "lrwa-study/1"
 DEFAULT_STORAGE = "tune_results"
+# A trial whose process or node dies is retried from its last checkpoint this often.
+MAX_TRIAL_RESTARTS = 3
+CHECKPOINTS_KEPT = 2
+
+
+@dataclasses.dataclass
+class StudyOutcome:
+    store: StudyStore
+    resumed: bool
+    statuses: dict[str, int]
+    complete: bool           # every trial of the budget has ended
+    budget_stopped: bool     # this invocation's time budget ran out
+    ran: bool                # False when the study was already complete
+
+    @property
+    def interrupted(self) -> bool:
+        return not self.complete
 
 
 # -- the study folder ----------------------------------------------------------------------
 
-def _check_writable(folder: Path) -> None:
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        probe = folder / f".write-probe-{os.getpid()}"
-        probe.write_text("ok")
-        probe.unlink()
-    except OSError as error:
-        reason = error.strerror or type(error).__name__
-        raise LrwaError(f"storage {folder} cannot be written ({reason})") from None
-
-
-def _move_aside(study_dir: Path) -> Path:
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    target = study_dir.with_name(f"{study_dir.name}.old-{stamp}")
-    counter = 1
-    while target.exists():
-        target = study_dir.with_name(f"{study_dir.name}.old-{stamp}-{counter}")
-        counter += 1
-    study_dir.rename(target)
-    return target
-
-
-def prepare_study_dir(study: Study, storage: str | os.PathLike[str], restart: bool = False,
-                      out: Printer = print_line) -> Path:
-    """Create, reuse or (with `restart`) move aside the study's folder; never overwrite.
-
-    Returns the local study folder (for an object store, a fresh mirror of its study
-    files, pulled before the checks so a new head node resumes what another began)."""
-    store = open_storage(storage)
-    study_dir = store.study_dir(study.name)
-    _check_writable(study_dir.parent)
-    if store.remote:
-        store.check_writable(study.name)
-        if study_dir.exists():
-            shutil.rmtree(study_dir)  # a mirror: the store is the truth
-        store.pull(study.name, skip=(RUNS_DIR, CURVES_DIR, RAY_DIR))
+def prepare_study(study: Study, store: StudyStore, restart: bool, out: Printer) -> None:
+    """Record the study in its folder, or check that the folder holds this very study."""
+    store.check_writable()
+    for relative in [*store.list_files("", recursive=False), *store.list_files(CURVES_DIR)]:
+        name = relative.rpartition("/")[2]
+        if name.startswith(".") and name.endswith(".tmp"):
+            store.delete(relative)  # a write a killed driver left half done
+    record = read_study_record(store)
     fingerprint = study.fingerprint()
-    location = store.location(study.name)
-    if study_dir.exists() and any(study_dir.iterdir()):
-        recorded = _recorded_study(study_dir)
+    if record is None and store.holds_anything():
+        problem = "is not an lrwa study folder (or one of an older lrwa)"
+    elif record is not None and record.get("hash") != fingerprint:
+        problem = (f"was made from a different study (hash {record.get('hash')}, this file "
+                   f"gives {fingerprint})")
+    elif record is not None and record.get("location") != store.location():
+        problem = f"was created at {record.get('location')} and has moved since"
+    else:
         problem = None
-        if recorded is None:
-            problem = "is not an lrwa study folder"
-        elif recorded.get("hash") != fingerprint:
-            problem = (f"was made from a different study (hash {recorded.get('hash')}, "
-                       f"this file gives {fingerprint})")
-        elif recorded.get("location") != location:
-            problem = f"was created at {recorded.get('location')} and has moved since"
-        if problem and not restart:
-            raise LrwaError(f"{location} {problem}; pass --restart to move it aside and "
-                            "start over, or choose another --storage")
-        if restart:
-            moved = store.move_aside(study.name) if store.remote else _move_aside(study_dir)
-            if store.remote:
-                shutil.rmtree(study_dir)
-            out(f"moved the previous study folder aside to {moved}")
-    study_dir.mkdir(parents=True, exist_ok=True)
-    _check_writable(study_dir)
-    if not (study_dir / STUDY_JSON).is_file():
-        record = {"format": STUDY_FORMAT, "hash": fingerprint, "location": location,
-                  "source": study.source, "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
-                  "versions": versions(), "study": study.to_dict()}
-        write_text(study_dir / STUDY_YAML, yaml.safe_dump(study.to_dict(), sort_keys=False))
-        write_text(study_dir / STUDY_JSON, json.dumps(record, indent=2) + "\n")
-        store.push(study.name, [STUDY_YAML, STUDY_JSON])
-    return study_dir
-
-
-def _recorded_study(study_dir: Path) -> dict[str, Any] | None:
-    try:
-        record = json.loads((study_dir / STUDY_JSON).read_text())
-    except (OSError, ValueError):
-        return None
-    return record if isinstance(record, dict) and record.get("format") == STUDY_FORMAT else None
-
-
-def read_study_record(study_dir: str | Path) -> dict[str, Any]:
-    record = _recorded_study(Path(study_dir))
+    if problem and not restart:
+        raise LrwaError(f"{store.location()} {problem}; pass --restart to move it aside and "
+                        "start over, or choose another --storage")
+    if restart and store.holds_anything():
+        out(f"moved the previous study folder aside to {store.move_aside()}")
+        record = None
     if record is None:
-        raise LrwaError(f"{study_dir} is not an lrwa study folder (no readable {STUDY_JSON})")
-    return record
+        store.write_bytes(STUDY_YAML, yaml.safe_dump(study.to_dict(), sort_keys=False).encode())
+        store.write_bytes(STUDY_JSON, json.dumps(
+            {"format": STUDY_FORMAT, "hash": fingerprint, "location": store.location(),
+             "source": study.source, "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+             "versions": versions(), "study": study.to_dict()}, indent=2).encode())
 
+
+def _set_aside_unrestorable(store: StudyStore, out: Printer) -> None:
+    """A driver that died before Ray saved its first experiment state leaves a journal
+    (and maybe a partial `ray/`) that nothing can resume; they go to `attempts/<time>/`."""
+    leftovers = [name for name in (OPTUNA_FILE, CURVES_DIR, TRIALS_FILE, RAY_DIR,
+                                   RAY_STATE_FILE) if store.exists(name)]
+    if store.remote and store.journal_file().is_file():
+        store.journal_file().unlink()
+    if not leftovers:
+        return
+    aside = f"attempts/{time.strftime('%Y%m%d-%H%M%S')}"
+    for name in leftovers:
+        if store.remote:
+            import pyarrow.fs as pafs
+
+            pafs.copy_files(store.path(name), store.path(f"{aside}/{name}"),
+                            source_filesystem=store.filesystem,
+                            destination_filesystem=store.filesystem)
+            store.delete(name)
+        else:
+            store.local_path(aside).mkdir(parents=True, exist_ok=True)
+            store.local_path(name).rename(store.local_path(f"{aside}/{name}"))
+    out(f"an earlier start stopped before Ray recorded anything; its files are in "
+        f"{store.location(aside)}")
+
+
+# -- Ray ---------------------------------------------------------------------------------------
 
 def ensure_ray() -> bool:
     """Start a quiet local Ray (or join RAY_ADDRESS's) unless one is up; True if started."""
@@ -149,12 +141,11 @@ def ensure_ray() -> bool:
 
 @contextlib.contextmanager
 def quiet_ray() -> Iterator[None]:
-    """Tune's tables, tracebacks of failed trials and Optuna's per-trial log lines are
-    replaced by lrwa's own lines; errors still reach the trial table and the console."""
+    """Tune's tables and log lines and Optuna's per-trial lines give way to lrwa's own."""
     import optuna
 
-    names = ("ray.tune", "ray.train", "ray.air", "ray.util")
-    loggers = [logging.getLogger(name) for name in names]
+    loggers = [logging.getLogger(name) for name in ("ray.tune", "ray.train", "ray.air",
+                                                    "ray.util")]
     levels = [logger.level for logger in loggers]
     previous_output = os.environ.get("RAY_AIR_NEW_OUTPUT")
     previous_optuna = optuna.logging.get_verbosity()
@@ -166,11 +157,6 @@ def quiet_ray() -> Iterator[None]:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             warnings.filterwarnings("ignore", module="ray")
-            # A trial resumed from its run folder can be an epoch ahead of Tune's own
-            # checkpoint, so OptunaSearch may report a training_iteration twice; Optuna
-            # keeps the first value. Only intermediate values are affected (no pruner
-            # uses them); the final value Optuna is told comes from the last result.
-            warnings.filterwarnings("ignore", message=".*is already reported")
             yield
     finally:
         for logger, level in zip(loggers, levels):
@@ -182,124 +168,146 @@ def quiet_ray() -> Iterator[None]:
             os.environ["RAY_AIR_NEW_OUTPUT"] = previous_output
 
 
-# -- the Tuner -------------------------------------------------------------------------------
-
 def _trial_name(trial: Any) -> str:
-    """Trial folders and names are the trial id, which is also the run folder's name."""
+    """Trial folders and names are the trial id (also the curve file's name)."""
     return str(trial.trial_id)
 
 
-def _journal(study_dir: Path) -> Any:
-    from optuna.storages import JournalStorage
-    from optuna.storages.journal import JournalFileBackend
-
-    return JournalStorage(JournalFileBackend(str(study_dir / OPTUNA_FILE)))
-
-
-def _trainable(study: Study, store: StudyStorage, teacher: Any,
-               faults: FaultPlan | None) -> Any:
-    from ray import tune
-
-    context = TrialContext(study=study.name, storage=store.uri, base=dict(study.base),
-                           searched=study.searched, cpus=study.cpus, gpus=study.gpus,
-                           workers=study.workers, faults=faults)
-    resources = tune.PlacementGroupFactory(trial_bundles(study))
-    return tune.with_resources(tune.with_parameters(train_trial, context=context,
-                                                    teacher=teacher), resources)
-
-
-def build_tuner(study: Study, store: StudyStorage, teacher: Any, concurrency: int,
-                out: Printer = print_line, faults: FaultPlan | None = None) -> tuple[Any, bool]:
-    """A new Tuner, or the restored one when the storage holds a restorable experiment."""
+def build_tuner(study: Study, store: StudyStore, teacher: Any, concurrency: int,
+                context: TrialContext, out: Printer) -> tuple[Any, bool]:
+    """The restored Tuner when Ray holds this study's state, else a new one."""
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
-    from ray.tune.search.optuna import OptunaSearch
+    from ray.tune.search import ConcurrencyLimiter
 
-    study_dir = store.study_dir(study.name)
-    trainable = _trainable(study, store, teacher, faults)
-    storage_path, storage_filesystem = store.ray_storage(study.name)
+    from lrwa.tune.search import SignedSearchGenerator, StudySearch
+
+    trainable = tune.with_resources(
+        tune.with_parameters(train_trial, context=context, teacher=teacher),
+        tune.PlacementGroupFactory(trial_bundles(study)))
+    storage_path, filesystem = store.ray_storage()
     experiment = f"{storage_path}/{RAY_DIR}"
-    if tune.Tuner.can_restore(experiment, storage_filesystem=storage_filesystem):
-        return tune.Tuner.restore(experiment, trainable=trainable, resume_errored=True,
-                                  storage_filesystem=storage_filesystem), True
-    if any((study_dir / folder).exists() or store.holds(study.name, folder)
-           for folder in (RUNS_DIR, CURVES_DIR)):
-        raise LrwaError(f"{store.location(study.name)} holds trial results but no "
-                        "restorable Tune state; pass --restart to move it aside and start over")
+    if tune.Tuner.can_restore(experiment, storage_filesystem=filesystem):
+        verify_state(store)
+        tuner = tune.Tuner.restore(experiment, trainable=trainable, resume_unfinished=True,
+                                   resume_errored=False, storage_filesystem=filesystem)
+        record_state(store)  # the restored Tuner rewrote tuner.pkl
+        return tuner, True
+    _set_aside_unrestorable(store, out)
     metrics = [objective.metric for objective in study.objectives]
-    modes = [objective.mode for objective in study.objectives]
+    modes = [objective.direction for objective in study.objectives]
     single = len(metrics) == 1
-    searcher = OptunaSearch(
+    searcher = StudySearch(
         space=optuna_space(study), metric=metrics[0] if single else metrics,
         mode=modes[0] if single else modes,
         points_to_evaluate=[dict(point) for point in study.points_to_evaluate] or None,
-        sampler=build_sampler(study), study_name=study.name, storage=_journal(study_dir))
+        sampler=build_sampler(study), study_name=store.name, storage=journal_storage(store))
     scheduler = None
     if study.scheduler == "asha":
         # Our own epoch count, not Tune's training_iteration: it survives any restore.
         scheduler = ASHAScheduler(time_attr="epoch", metric=metrics[0], mode=modes[0],
-                                  max_t=int(study.base["epochs"]),
-                                  grace_period=study.grace_period,
+                                  max_t=study.epochs, grace_period=study.grace_period,
                                   reduction_factor=study.reduction_factor,
-                                  # A trial that reaches the last epoch finishes on its own,
-                                  # so its run folder gets its student.pt and summary.
+                                  # A trial that reaches the last epoch ends on its own, so
+                                  # its checkpoint gets student.pt and the learning curve.
                                   stop_last_trials=False)
-    tune_config = tune.TuneConfig(
-        search_alg=searcher, scheduler=scheduler, num_samples=study.trials,
-        max_concurrent_trials=concurrency, time_budget_s=study.time_budget_s,
-        reuse_actors=True, trial_name_creator=_trial_name, trial_dirname_creator=_trial_name)
-    run_config = tune.RunConfig(
-        name=RAY_DIR, storage_path=storage_path, storage_filesystem=storage_filesystem,
-        verbose=0, callbacks=[StudyProgress(study, store, out)],
-        failure_config=tune.FailureConfig(max_failures=0),
-        checkpoint_config=tune.CheckpointConfig(num_to_keep=1))
-    return tune.Tuner(trainable, tune_config=tune_config, run_config=run_config), False
+    tuner = tune.Tuner(
+        trainable,
+        tune_config=tune.TuneConfig(
+            search_alg=SignedSearchGenerator(ConcurrencyLimiter(searcher, concurrency), store),
+            scheduler=scheduler, num_samples=study.trials, reuse_actors=True,
+            trial_name_creator=_trial_name, trial_dirname_creator=_trial_name),
+        run_config=tune.RunConfig(
+            name=RAY_DIR, storage_path=storage_path, storage_filesystem=filesystem, verbose=0,
+            callbacks=[StudyRecorder(study, store)],
+            failure_config=tune.FailureConfig(max_failures=MAX_TRIAL_RESTARTS),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=CHECKPOINTS_KEPT)))
+    record_state(store)  # the new Tuner's tuner.pkl
+    return tuner, False
 
 
-@dataclasses.dataclass
-class StudyOutcome:
-    study_dir: Path
-    resumed: bool
-    statuses: dict[str, int]
-    interrupted: bool
-    storage: StudyStorage
+# -- the whole study ---------------------------------------------------------------------------
+
+def _ended(store: StudyStore, study: Study) -> tuple[bool, frozenset[str]]:
+    """(every trial of the budget has ended, the ids of the trials that have ended)."""
+    optuna_study = open_optuna_study(store)
+    if optuna_study is None:
+        return False, frozenset()
+    trials = lrwa_trials(optuna_study)
+    ended = frozenset(trial_id for trial_id, trial in trials.items()
+                      if trial.state.is_finished())
+    return len(ended) >= study.trials and len(ended) == len(trials), ended
+
+
+def _statuses(store: StudyStore) -> dict[str, int]:
+    from lrwa.tune.recorder import count_statuses
+
+    return count_statuses(store)
 
 
 def run_study(study: Study, storage: str | os.PathLike[str] = DEFAULT_STORAGE,
               restart: bool = False, out: Printer = print_line,
               faults: FaultPlan | None = None) -> StudyOutcome:
-    """Run (or resume) `study` to its budget; the results land in STORAGE/<name>/."""
-    import pyarrow.parquet as pq
+    """Run (or continue) `study` to its budget; the results land in STORAGE/<name>/."""
     import ray
 
-    from lrwa.config import from_mapping
-
-    base = from_mapping(study.base)
-    if base.teacher is not None and not Path(base.teacher).is_file():
+    base = study.base_config()
+    if base.teacher is not None and not os.path.isfile(base.teacher):
         raise LrwaError(f"teacher file {base.teacher} does not exist (base.teacher of study "
                         f"'{study.name}')")
-    study_dir = prepare_study_dir(study, storage, restart=restart, out=out)
-    store = open_storage(storage)
-    started_ray = ensure_ray()
-    try:
-        concurrency = check_cluster(study, ray.cluster_resources())
-        teacher = resolve_teacher(base, progress=True)
-        with quiet_ray():
-            tuner, resumed = build_tuner(study, store, teacher, concurrency, out, faults)
-            out(f"{'resuming' if resumed else 'starting'} study '{study.name}': "
-                f"{study.trials} trials, up to {concurrency} at a time -> "
-                f"{store.location(study.name)}")
-            tuner.fit()
-    finally:
-        if started_ray:
-            ray.shutdown()
-        store.push(study.name, [TRIALS_FILE, OPTUNA_FILE])
-    statuses = dict.fromkeys(STATUSES, 0)
-    if (study_dir / TRIALS_FILE).is_file():
-        for status in pq.read_table(study_dir / TRIALS_FILE, columns=["status"]).column(
-                "status").to_pylist():
-            statuses[status] = statuses.get(status, 0) + 1
-    interrupted = statuses.get("unfinished", 0) > 0
-    return StudyOutcome(study_dir, resumed, statuses, interrupted, store)
+    store = open_store(storage, study.name)
+    store.check_writable()
+    with hold_study(store):
+        prepare_study(study, store, restart, out)
+        pull_journal(store)
+        complete, ended = _ended(store, study)
+        if complete:
+            StudyRecorder(study, store).write_table()  # heals a table a kill left behind
+            return StudyOutcome(store, True, _statuses(store), True, False, ran=False)
+        session = Session(out=out, budget_s=study.time_budget_s)
+        SESSIONS[store.location()] = session
+        started_ray = ensure_ray()
+        try:
+            concurrency = check_cluster(study, ray.cluster_resources())
+            teacher = resolve_teacher(base, progress=True)
+            accuracy = teacher.metadata.get("test_acc")
+            if accuracy is not None:
+                out(f"teacher: {teacher.metadata['arch']} on {teacher.metadata['dataset']}, "
+                    f"test accuracy {100 * accuracy:.2f}%")
+            context = TrialContext(study=study, store=store, decided=ended, faults=faults)
+            with quiet_ray():
+                tuner, resumed = build_tuner(study, store, teacher, concurrency, context, out)
+                out(f"{'resuming' if resumed else 'starting'} study '{study.name}': "
+                    f"{study.trials} trials, up to {concurrency} at a time -> "
+                    f"{store.location()}")
+                tuner.fit()
+        finally:
+            session.cancel()
+            SESSIONS.pop(store.location(), None)
+            if started_ray:
+                ray.shutdown()
+        complete, _ = _ended(store, study)
+        return StudyOutcome(store, resumed, _statuses(store), complete, session.budget_hit,
+                            ran=True)
 
+
+def summarise(outcome: StudyOutcome, study: Study) -> list[str]:
+    """The closing lines of `lrwa tune`; raises when every trial of a study errored."""
+    statuses = outcome.statuses
+    counts = ", ".join(f"{count} {status}" for status, count in statuses.items() if count)
+    lines = [f"study {outcome.store.location()}: {counts or 'no trials'}"]
+    if not outcome.ran:
+        lines[0] += " (already complete; nothing to run)"
+    if outcome.complete and statuses.get(ERRORED, 0) == sum(statuses.values()) > 0:
+        raise LrwaError(f"study '{study.name}': all {statuses[ERRORED]} trials errored; see "
+                        f"the error column of {outcome.store.location(TRIALS_FILE)}")
+    ended = sum(count for status, count in statuses.items() if status != UNFINISHED)
+    if outcome.budget_stopped:
+        lines.append(f"stopped by its time budget ({study.time_budget_s:g} s per invocation) "
+                     f"with {ended} of {study.trials} trials ended: rerun the same command "
+                     "to continue")
+    elif not outcome.complete:
+        lines.append(f"interrupted with {ended} of {study.trials} trials ended: rerun the same "
+                     "command to continue")
+    return lines
 

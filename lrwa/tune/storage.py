@@ -1,22 +1,17 @@
-"""Where a study lives: a local or shared folder, or an object store (`s3://`, `gs://`).
+"""Where a study lives: a folder (local or shared) or an object store (`s3://`, `gs://`).
 
-Every process works in a local folder laid out as `runner.py` draws it. For a
-folder storage that is the study folder itself. For an object store it is a
-mirror under the cache folder, and the store is the source of truth:
+Every study-level file is read and written straight in the storage through
+`pyarrow.fs`; there is no local mirror. In a folder a file is written to a
+temporary name and renamed, so readers see it whole or not at all; an object
+store makes an object visible only when its upload completes. Ray Tune writes its
+own experiment state and each trial's checkpoints under `ray/` of the same place
+(`StudyStore.ray_storage`).
 
-* a trial pulls its run folder from the store when it starts (so it resumes on
-  any node) and pushes what changed after every epoch, before Tune hears of the
-  epoch, so the store never lags what Tune has recorded;
-* the driver pulls the study's own files when it starts (so a fresh head node
-  resumes a study begun elsewhere) and pushes study.json, trials.parquet and a
-  copy of the Optuna journal as trials end;
-* Ray Tune writes its experiment state straight to the store (`storage_filesystem`).
-
-pyarrow.fs does the object-store work: credentials come from the provider's usual
-chain (environment, profile, instance role), never from lrwa's files, and an
-S3-compatible endpoint from `AWS_ENDPOINT_URL` or the URI's query, e.g.
-`s3://bucket/prefix?endpoint_override=127.0.0.1:9000&scheme=http`. Objects appear
-whole on upload, so readers never see a partial file.
+Credentials for object stores come only from the provider's chain (environment,
+profile, instance role), never from lrwa's files or logs; another S3-compatible
+endpoint from `AWS_ENDPOINT_URL` or the URI's query, e.g.
+`s3://bucket/prefix?endpoint_override=127.0.0.1:9000&scheme=http`. The query never
+appears in what lrwa prints or records (`redact`).
 """
 
 from __future__ import annotations
@@ -25,14 +20,12 @@ import dataclasses
 import functools
 import hashlib
 import os
-import shutil
 import time
-from collections.abc import Iterable
+import uuid
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from lrwa.atomic import atomic_path
 from lrwa.errors import LrwaError
 
 REMOTE_SCHEMES = ("s3", "gs", "gcs")
@@ -42,9 +35,17 @@ def is_remote(uri: str | os.PathLike[str]) -> bool:
     return urlsplit(str(uri)).scheme in REMOTE_SCHEMES
 
 
-def _first_line(error: BaseException) -> str:
+def first_line(error: BaseException) -> str:
     text = str(error).strip()
-    return text.splitlines()[0] if text else ""
+    return text.splitlines()[0][:300] if text else type(error).__name__
+
+
+def redact(uri: str) -> str:
+    """The URI without its query (which may name an endpoint but never belongs in logs)."""
+    parts = urlsplit(uri)
+    if parts.scheme not in REMOTE_SCHEMES:
+        return uri
+    return f"{parts.scheme}://{parts.netloc}{parts.path}".rstrip("/")
 
 
 @functools.lru_cache(maxsize=8)
@@ -55,210 +56,218 @@ def _filesystem(uri: str) -> tuple[Any, str]:
         return pafs.FileSystem.from_uri(uri)
     except Exception as error:  # noqa: BLE001 - pyarrow raises several types for bad URIs
         raise LrwaError(f"storage {redact(uri)}: {type(error).__name__}: "
-                        f"{_first_line(error)}") from None
+                        f"{first_line(error)}") from None
 
 
-def redact(uri: str) -> str:
-    """The URI without its query (which may name an endpoint but never belongs in logs)."""
-    parts = urlsplit(uri)
-    return f"{parts.scheme}://{parts.netloc}{parts.path}".rstrip("/")
-
-
-def open_storage(storage: str | os.PathLike[str]) -> StudyStorage:
-    """A StudyStorage; a folder is made absolute here, since Tune runs trials elsewhere."""
+def storage_uri(storage: str | os.PathLike[str]) -> str:
+    """An object-store URI as given, or a folder made absolute (Tune runs trials elsewhere)."""
     text = os.fspath(storage)
-    return StudyStorage(text if is_remote(text) else str(StudyStorage(text).local_root()))
+    if is_remote(text):
+        return text
+    text = text.removeprefix("file://")
+    if "://" in text:
+        raise LrwaError(f"storage {text!r}: unsupported scheme (use a folder, file://, or "
+                        f"one of {', '.join(s + '://' for s in REMOTE_SCHEMES)})")
+    return str(Path(text).expanduser().resolve())
 
 
-def split_study_uri(uri: str) -> tuple[StudyStorage, str]:
-    """`s3://bucket/prefix/<study>?query` -> (the storage `s3://bucket/prefix?query`, study)."""
-    parts = urlsplit(uri)
+def split_study_uri(location: str) -> tuple[str, str]:
+    """A study's own location -> (its storage, its name): `s3://b/p/<study>?q` gives
+    (`s3://b/p?q`, study); a folder `DIR/<study>` gives (DIR, study)."""
+    if not is_remote(location):
+        path = Path(storage_uri(location))
+        return str(path.parent), path.name
+    parts = urlsplit(location)
     parent, _, name = parts.path.rstrip("/").rpartition("/")
     if not name or not parts.netloc:
-        raise LrwaError(f"{redact(uri)} does not name a study (expected "
+        raise LrwaError(f"{redact(location)} does not name a study (expected "
                         f"{parts.scheme}://bucket/prefix/<study>)")
     query = f"?{parts.query}" if parts.query else ""
-    return StudyStorage(f"{parts.scheme}://{parts.netloc}{parent}{query}"), name
-
-
-def fetch_study(uri: str, skip: Iterable[str] = ("runs", "ray")) -> tuple[StudyStorage, str, Path]:
-    """A fresh local copy of a stored study's results (its curves, trial table, study files,
-    journal and report; not the run folders or Ray state): (storage, study, local folder)."""
-    storage, name = split_study_uri(uri)
-    local = storage.study_dir(name)
-    if local.exists():
-        shutil.rmtree(local)  # a mirror: the store is the truth
-    if not storage.pull(name, skip=skip):
-        raise LrwaError(f"{redact(uri)} holds no study results (nothing stored there)")
-    return storage, name, local
+    return f"{parts.scheme}://{parts.netloc}{parent}{query}", name
 
 
 @dataclasses.dataclass(frozen=True)
-class StudyStorage:
-    """A study storage URI or folder; plain values only, so it pickles to every trial."""
+class StudyStore:
+    """One study's place in a storage; plain values only, so it pickles to every trial."""
 
-    uri: str
+    storage: str  # from `storage_uri`: an absolute folder or an object-store URI
+    name: str
 
     @property
     def remote(self) -> bool:
-        return is_remote(self.uri)
+        return is_remote(self.storage)
 
-    # -- the local side ------------------------------------------------------------------------
+    @property
+    def filesystem(self) -> Any:
+        return _filesystem(self.storage)[0]
 
-    def local_root(self) -> Path:
+    def path(self, relative: str = "") -> str:
+        """The path of `relative` (a '/'-separated path inside the study) in the filesystem."""
+        base = _filesystem(self.storage)[1].rstrip("/")
+        return "/".join(part for part in (base, self.name, relative.strip("/")) if part)
+
+    def uri(self, relative: str = "") -> str:
+        """A URI of `relative` that other pyarrow-based code (Ray Train) can open, the
+        endpoint query included; never print it (`location` is for people)."""
         if not self.remote:
-            text = self.uri.removeprefix("file://")
-            if "://" in text:
-                raise LrwaError(f"storage {text!r}: unsupported scheme (use a folder, "
-                                f"file://, or one of {', '.join(s + '://' for s in REMOTE_SCHEMES)})")
-            return Path(text).expanduser().resolve()
+            return str(self.local_path(relative))
+        parts = urlsplit(self.storage)
+        path = "/".join(part for part in (parts.path.rstrip("/"), self.name, relative) if part)
+        query = f"?{parts.query}" if parts.query else ""
+        return f"{parts.scheme}://{parts.netloc}{path if path.startswith('/') else '/' + path}{query}"
+
+    def location(self, relative: str = "") -> str:
+        """Where the study (or a file of it) lives, for people and for study.json."""
+        root = f"{redact(self.storage)}/{self.name}"
+        return f"{root}/{relative}" if relative else root
+
+    def local_path(self, relative: str = "") -> Path:
+        """The local path of a file of a folder storage (readers such as Optuna's journal
+        backend need one)."""
+        if self.remote:
+            raise ValueError("an object store has no local path")
+        return Path(self.path(relative))
+
+    # -- files --------------------------------------------------------------------------
+
+    def _fail(self, action: str, relative: str, error: BaseException) -> LrwaError:
+        return LrwaError(f"cannot {action} {self.location(relative)} "
+                         f"({first_line(error)[:200]})")
+
+    def exists(self, relative: str = "") -> bool:
+        import pyarrow.fs as pafs
+
+        try:
+            return self.filesystem.get_file_info(self.path(relative)).type != \
+                pafs.FileType.NotFound
+        except OSError as error:
+            raise self._fail("reach", relative, error) from None
+
+    def read_bytes(self, relative: str) -> bytes | None:
+        """The file's bytes, or None when there is no such file."""
+        try:
+            with self.filesystem.open_input_stream(self.path(relative)) as source:
+                return source.readall()
+        except FileNotFoundError:
+            return None
+        except OSError as error:
+            if not self.exists(relative):
+                return None
+            raise self._fail("read", relative, error) from None
+
+    def write_bytes(self, relative: str, data: bytes) -> None:
+        """Replace the file whole (a temporary name and a rename in a folder)."""
+        fs = self.filesystem
+        target = self.path(relative)
+        try:
+            fs.create_dir(target.rpartition("/")[0], recursive=True)
+            if self.remote:
+                with fs.open_output_stream(target) as sink:
+                    sink.write(data)
+                return
+            folder, _, name = target.rpartition("/")
+            temporary = f"{folder}/.{name}.{uuid.uuid4().hex[:8]}.tmp"
+            try:
+                with fs.open_output_stream(temporary) as sink:
+                    sink.write(data)
+                with open(temporary, "rb+") as written:
+                    os.fsync(written.fileno())
+                fs.move(temporary, target)
+            finally:
+                if Path(temporary).exists():
+                    Path(temporary).unlink()
+        except OSError as error:
+            raise self._fail("write", relative, error) from None
+
+    def list_files(self, relative: str = "", recursive: bool = True) -> list[str]:
+        """Paths, relative to the study, of the files at or under `relative`."""
+        import pyarrow.fs as pafs
+
+        root = self.path()
+        selector = pafs.FileSelector(self.path(relative), recursive=recursive,
+                                     allow_not_found=True)
+        try:
+            infos = self.filesystem.get_file_info(selector)
+        except NotADirectoryError:
+            return [relative]
+        except OSError as error:
+            raise self._fail("list", relative, error) from None
+        return sorted(info.path[len(root) + 1:] for info in infos
+                      if info.type == pafs.FileType.File)
+
+    def delete(self, relative: str) -> None:
+        import pyarrow.fs as pafs
+
+        target = self.path(relative)
+        kind = self.filesystem.get_file_info(target).type
+        if kind == pafs.FileType.File:
+            self.filesystem.delete_file(target)
+        elif kind == pafs.FileType.Directory:
+            self.filesystem.delete_dir(target)
+
+    def digest(self, relative: str) -> str | None:
+        data = self.read_bytes(relative)
+        return None if data is None else hashlib.sha256(data).hexdigest()
+
+    # -- the study as a whole -----------------------------------------------------------
+
+    def holds_anything(self) -> bool:
+        """Whether the study holds files other than hidden ones (locks, probes)."""
+        return any(not path.rpartition("/")[2].startswith(".") for path in self.list_files())
+
+    def check_writable(self) -> None:
+        """Write and remove a probe, so a missing bucket, a denied write or a read-only
+        folder fails now, in one line, not after the first trial."""
+        probe = f".write-probe-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self.write_bytes(probe, b"ok")
+        self.delete(probe)
+
+    def move_aside(self, label: str = "old") -> str:
+        """Move the study to `<name>.<label>-<time>` (an object store copies, then deletes:
+        it has no rename); returns where it went. Nothing is deleted before it is copied."""
+        import pyarrow.fs as pafs
+
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        aside = dataclasses.replace(self, name=f"{self.name}.{label}-{stamp}")
+        counter = 1
+        while aside.exists():
+            aside = dataclasses.replace(self, name=f"{self.name}.{label}-{stamp}-{counter}")
+            counter += 1
+        fs = self.filesystem
+        try:
+            if self.remote:
+                pafs.copy_files(self.path(), aside.path(), source_filesystem=fs,
+                                destination_filesystem=fs)
+                fs.delete_dir(self.path())
+            else:
+                fs.move(self.path(), aside.path())
+        except OSError as error:
+            raise self._fail("move aside", "", error) from None
+        return aside.location()
+
+    def ray_storage(self) -> tuple[str, Any]:
+        """(storage_path, storage_filesystem) for Ray Tune's RunConfig and Tuner.restore."""
+        return self.path(), self.filesystem
+
+    def journal_file(self) -> Path:
+        """The local file Optuna's journal backend writes: the study's own file in a folder
+        storage; for an object store, a working copy in lrwa's cache that is uploaded to the
+        study after every change of a trial's state (`journal.py`)."""
+        from lrwa.tune.layout import OPTUNA_FILE
+
+        if not self.remote:
+            return self.local_path(OPTUNA_FILE)
         from lrwa.teacher import cache_dir
 
-        key = hashlib.sha256(redact(self.uri).encode()).hexdigest()[:16]
-        return cache_dir() / "mirrors" / key
-
-    def study_dir(self, name: str) -> Path:
-        return self.local_root() / name
-
-    def location(self, name: str) -> str:
-        """Where the study lives, for people and for study.json's resumption guard."""
-        return f"{redact(self.uri)}/{name}" if self.remote else str(self.study_dir(name))
-
-    # -- the store side ------------------------------------------------------------------------
-
-    def filesystem(self) -> tuple[Any, str]:
-        """(pyarrow FileSystem, base path within it); remote storages only."""
-        return _filesystem(self.uri)
-
-    def remote_path(self, name: str, relative: str = "") -> str:
-        base = self.filesystem()[1].rstrip("/")
-        return "/".join(part for part in (base, name, relative.strip("/")) if part)
-
-    def _remote_files(self, name: str, relative: str) -> list[str]:
-        """Paths (relative to the study) of the stored files at or under `relative`."""
-        import pyarrow.fs as pafs
-
-        fs = self.filesystem()[0]
-        root = self.remote_path(name)
-        target = self.remote_path(name, relative)
-        info = fs.get_file_info(target)
-        if info.type == pafs.FileType.File:
-            return [relative]
-        if info.type != pafs.FileType.Directory:
-            return []
-        selector = pafs.FileSelector(target, recursive=True, allow_not_found=True)
-        return [item.path[len(root) + 1:] for item in fs.get_file_info(selector)
-                if item.type == pafs.FileType.File]
-
-    def pull(self, name: str, relative: str = "", skip: Iterable[str] = ()) -> int:
-        """Copy the store's files at or under `relative` into the local study folder,
-        leaving out those under any `skip` prefix; returns how many were copied."""
-        if not self.remote:
-            return 0
-        fs = self.filesystem()[0]
-        local = self.study_dir(name)
-        skipped = tuple(prefix.rstrip("/") + "/" for prefix in skip)
-        copied = 0
-        for path in self._remote_files(name, relative):
-            if path.startswith(skipped):
-                continue
-            with atomic_path(local / path) as temporary, \
-                    fs.open_input_stream(self.remote_path(name, path)) as source, \
-                    open(temporary, "wb") as target:
-                shutil.copyfileobj(source, target, length=1 << 20)
-            copied += 1
-        return copied
-
-    def push(self, name: str, relatives: Iterable[str]) -> None:
-        """Copy these local files (paths relative to the study folder) to the store."""
-        if not self.remote:
-            return
-        fs = self.filesystem()[0]
-        local = self.study_dir(name)
-        for relative in relatives:
-            source = local / relative
-            if not source.is_file():
-                continue
-            with open(source, "rb") as reader, \
-                    fs.open_output_stream(self.remote_path(name, relative)) as writer:
-                shutil.copyfileobj(reader, writer, length=1 << 20)
-
-    def delete(self, name: str, relative: str) -> None:
-        """Remove a file or folder from the store (a no-op where there is none)."""
-        if not self.remote:
-            return
-        import pyarrow.fs as pafs
-
-        fs = self.filesystem()[0]
-        target = self.remote_path(name, relative)
-        kind = fs.get_file_info(target).type
-        if kind == pafs.FileType.File:
-            fs.delete_file(target)
-        elif kind == pafs.FileType.Directory:
-            fs.delete_dir(target)
-
-    def holds(self, name: str, relative: str = "") -> bool:
-        """Whether the store has anything at or under `relative` of the study."""
-        return bool(self.remote and self._remote_files(name, relative))
-
-    def check_writable(self, name: str) -> None:
-        """Write and remove a probe object, so a missing bucket or credential fails now,
-        in one line, not after the first trial."""
-        if not self.remote:
-            return
-        probe = f".write-probe-{os.getpid()}"
-        try:
-            fs = self.filesystem()[0]
-            with fs.open_output_stream(self.remote_path(name, probe)) as writer:
-                writer.write(b"ok")
-            fs.delete_file(self.remote_path(name, probe))
-        except OSError as error:
-            raise LrwaError(f"storage {self.location(name)} cannot be written "
-                            f"({_first_line(error)[:200]})") from None
-
-    def move_aside(self, name: str) -> str:
-        """Copy the study's objects to `<name>.old-<time>`, then remove the originals (an
-        object store has no rename); returns where they went."""
-        import pyarrow.fs as pafs
-
-        fs = self.filesystem()[0]
-        stamp = time.strftime("%Y%m%d-%H%M%S")
-        target = f"{name}.old-{stamp}"
-        pafs.copy_files(self.remote_path(name), self.remote_path(target),
-                        source_filesystem=fs, destination_filesystem=fs)
-        fs.delete_dir(self.remote_path(name))
-        return self.location(target)
-
-    def ray_storage(self, name: str) -> tuple[str, Any]:
-        """(storage_path, storage_filesystem) for Ray Tune's RunConfig and Tuner.restore."""
-        if not self.remote:
-            return str(self.study_dir(name)), None
-        return self.remote_path(name), self.filesystem()[0]
+        key = hashlib.sha256(self.location().encode()).hexdigest()[:16]
+        return cache_dir() / "journals" / key / OPTUNA_FILE
 
 
-class TreePusher:
-    """Pushes the files of a local folder that changed since the last push (size or mtime),
-    so a trial's per-epoch upload is its checkpoint and metrics, not its whole folder."""
+def open_store(storage: str | os.PathLike[str], name: str) -> StudyStore:
+    return StudyStore(storage_uri(storage), name)
 
-    def __init__(self, storage: StudyStorage, name: str) -> None:
-        self.storage = storage
-        self.name = name
-        self.seen: dict[str, tuple[int, int]] = {}
 
-    def push(self, *relatives: str) -> None:
-        if not self.storage.remote:
-            return
-        root = self.storage.study_dir(self.name)
-        changed = []
-        for relative in relatives:
-            target = root / relative
-            files = [target] if target.is_file() else sorted(
-                path for path in target.rglob("*") if path.is_file()
-                and not path.name.endswith(".tmp"))
-            for path in files:
-                stat = path.stat()
-                key = path.relative_to(root).as_posix()
-                if self.seen.get(key) != (stat.st_size, stat.st_mtime_ns):
-                    changed.append(key)
-                    self.seen[key] = (stat.st_size, stat.st_mtime_ns)
-        self.storage.push(self.name, changed)
+def open_study_location(location: str | os.PathLike[str]) -> StudyStore:
+    """The store of an existing study given its own folder or URI (for `lrwa report`)."""
+    storage, name = split_study_uri(os.fspath(location))
+    return StudyStore(storage, name)

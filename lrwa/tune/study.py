@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import importlib.resources
 import itertools
 import json
 import math
@@ -39,13 +40,12 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-import lrwa
 from lrwa.config import PRESETS, DistillConfig, from_mapping
 from lrwa.errors import LrwaError
+from lrwa.yaml_files import load_yaml_mapping, shown
 
-STUDIES_DIR = Path(lrwa.__file__).resolve().parent.parent / "tune_studies"
+# The shipped study files: the repository's tune_studies/, installed as lrwa.studies.
+STUDIES_PACKAGE = "lrwa.studies"
 METRICS = ("best_acc", "mean_acc", "final_acc", "var_acc", "max_drop")
 DIRECTIONS = ("max", "min")
 SPACE_TYPES = ("loguniform", "uniform", "int", "categorical")
@@ -148,6 +148,10 @@ class Study:
         return tuple(parameter.name for parameter in self.space)
 
     @property
+    def epochs(self) -> int:
+        return int(self.base["epochs"])
+
+    @property
     def multi_objective(self) -> bool:
         return len(self.objectives) > 1
 
@@ -169,7 +173,11 @@ class Study:
         return json.loads(json.dumps(data, default=list))
 
     def fingerprint(self) -> str:
-        canonical = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+        """The hash that guards resumption. The time budget is left out: it belongs to each
+        invocation (`lrwa tune` runs with the file's budget and a rerun may change it)."""
+        resolved = {key: value for key, value in self.to_dict().items()
+                    if key not in ("time_budget_s", "description")}
+        canonical = json.dumps(resolved, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
     def smoke_variant(self) -> Study:
@@ -212,33 +220,31 @@ def _raw_of(study: Study) -> dict[str, Any]:
 
 # -- locating and reading ------------------------------------------------------------------
 
+def studies_dir() -> Path:
+    return Path(str(importlib.resources.files(STUDIES_PACKAGE)))
+
+
+def shipped_studies() -> list[str]:
+    return sorted(path.stem for path in studies_dir().glob("*.yaml"))
+
+
 def resolve_study_path(name_or_path: str | Path) -> Path:
-    """A path to a YAML file, or a bare name looked up in the repository's `tune_studies/`."""
+    """A path to a YAML file, or the name of a shipped study (e.g. quickstart)."""
     path = Path(name_or_path)
     if path.is_file():
         return path
     if path.suffix not in (".yaml", ".yml") and len(path.parts) == 1:
-        for suffix in (".yaml", ".yml"):
-            candidate = STUDIES_DIR / f"{path.name}{suffix}"
-            if candidate.is_file():
-                return candidate
-        raise LrwaError(f"study '{name_or_path}' not found: no such file, and no "
-                        f"{STUDIES_DIR / (path.name + '.yaml')}")
+        candidate = studies_dir() / f"{path.name}.yaml"
+        if candidate.is_file():
+            return candidate
+        raise LrwaError(f"study '{name_or_path}' not found: no such file, and no shipped "
+                        f"study of that name (shipped: {', '.join(shipped_studies())})")
     raise LrwaError(f"study file {path} does not exist")
 
 
 def load_study_file(name_or_path: str | Path) -> Study:
     path = resolve_study_path(name_or_path)
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark else ""
-        raise LrwaError(f"study file {path} is not valid YAML{where}") from None
-    except (OSError, UnicodeDecodeError) as error:
-        raise LrwaError(f"study file {path} cannot be read ({type(error).__name__})") from None
-    if not isinstance(data, dict):
-        raise LrwaError(f"study file {path} must hold a mapping of study keys")
+    data = load_yaml_mapping(path, "study file")
     data.setdefault("name", path.stem)
     return parse_study(data, str(path))
 
@@ -269,7 +275,7 @@ class _Checker:
     def integer(self, key_path: str, value: Any, low: int, high: int | None = None) -> int:
         if isinstance(value, bool) or not isinstance(value, (int, float)) or (
                 isinstance(value, float) and not value.is_integer()):
-            raise self.fail(key_path, f"must be an integer, got {value!r}")
+            raise self.fail(key_path, f"must be an integer, got {shown(value)}")
         if value < low or (high is not None and value > high):
             bound = f"between {low} and {high}" if high is not None else f"at least {low}"
             raise self.fail(key_path, f"must be {bound}, got {value}")
@@ -279,7 +285,7 @@ class _Checker:
                high: float | None = None) -> float:
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(
                 value):
-            raise self.fail(key_path, f"must be a number, got {value!r}")
+            raise self.fail(key_path, f"must be a number, got {shown(value)}")
         if (value <= low if low_open else value < low) or (high is not None and value > high):
             relation = "above" if low_open else "at least"
             raise self.fail(key_path, f"must be {relation} {low:g}"
@@ -289,7 +295,7 @@ class _Checker:
 
     def choice(self, key_path: str, value: Any, choices: tuple[str, ...]) -> str:
         if value not in choices:
-            raise self.fail(key_path, f"is {value!r}; choose from: {', '.join(choices)}")
+            raise self.fail(key_path, f"is {shown(value)}; choose from: {', '.join(choices)}")
         return value
 
     def config(self, key_path: str, values: Mapping[str, Any],
@@ -330,7 +336,7 @@ def _resolve_base(check: _Checker, raw: Any) -> dict[str, Any]:
     layered = {**PRESETS.get(_preset_dataset(base) or "", {}), **base}
     config = check.config("base", layered)
     if config.student not in model_names():
-        raise check.fail("base.student", f"unknown architecture {config.student!r} "
+        raise check.fail("base.student", f"unknown architecture {shown(config.student)} "
                          f"(choose from: {', '.join(model_names())})")
     return config.to_dict()
 
@@ -382,7 +388,7 @@ def _parameter(check: _Checker, name: str, raw: Any, base: DistillConfig) -> Par
         check.config(f"{key_path}.{key}", {name: entry[key]}, base)
     log = entry.get("log", kind == "loguniform")
     if not isinstance(log, bool):
-        raise check.fail(f"{key_path}.log", f"must be true or false, got {log!r}")
+        raise check.fail(f"{key_path}.log", f"must be true or false, got {shown(log)}")
     if kind == "loguniform" and not log:
         raise check.fail(f"{key_path}.log", "a loguniform entry is always on a log scale")
     low, high = entry["low"], entry["high"]
@@ -448,8 +454,8 @@ def _check_corners(check: _Checker, space: tuple[Parameter, ...],
         try:
             from_mapping(values, base=base)
         except LrwaError as error:
-            shown = ", ".join(f"{k}={v!r}" for k, v in values.items())
-            raise check.fail("space", f"the corner {{{shown}}} is not a valid config: "
+            corner = ", ".join(f"{k}={shown(v)}" for k, v in values.items())
+            raise check.fail("space", f"the corner {{{corner}}} is not a valid config: "
                              f"{error}") from None
 
 
@@ -470,13 +476,13 @@ def _points(check: _Checker, raw: Any, space: tuple[Parameter, ...],
                 value = point[parameter.name]
                 if not parameter.contains(value):
                     raise check.fail(f"{key_path}.{parameter.name}",
-                                     f"{value!r} is outside the space "
+                                     f"{shown(value)} is outside the space "
                                      f"({parameter.describe()})")
             else:
                 value = getattr(base, parameter.name)
                 if not parameter.contains(value):
                     raise check.fail(key_path, f"'{parameter.name}' is not given and the "
-                                     f"base value {value!r} is outside the space "
+                                     f"base value {shown(value)} is outside the space "
                                      f"({parameter.describe()})")
             filled[parameter.name] = int(value) if parameter.type == "int" else value
         check.config(key_path, filled, base)
@@ -508,7 +514,7 @@ def parse_study(data: Mapping[str, Any], source: str) -> Study:
     name = data.get("name")
     if not isinstance(name, str) or not NAME_PATTERN.match(name):
         raise check.fail("name", f"must be a folder name of letters, digits, '.', '_' or "
-                         f"'-', got {name!r}")
+                         f"'-', got {shown(name)}")
     description = data.get("description") or ""
     if not isinstance(description, str):
         raise check.fail("description", "must be text")

@@ -1,0 +1,52 @@
+"""The names of a study's files and of its metrics: defined here once, imported by every
+writer and reader of a study.
+
+    STORAGE/<study>/study.json        the resolved study and its hash (guards resumption)
+    STORAGE/<study>/study.yaml        the same, for people
+    STORAGE/<study>/optuna.journal    the Optuna study: every trial's state, parameters,
+                                      per-epoch objective and lrwa's trial id (the truth
+                                      about trials; a copy when the storage is an object
+                                      store, the driver's own file otherwise)
+    STORAGE/<study>/curves/trial_id=<id>/curve.parquet   one row per (trial, epoch)
+    STORAGE/<study>/trials.parquet    one row per trial, rebuilt from the journal and curves
+    STORAGE/<study>/ray/              Ray Tune's experiment state and each trial's
+                                      checkpoints (ray/<trial_id>/checkpoint_NNNNNN/)
+    STORAGE/<study>/ray_state.json    signed digests of Ray's state (`integrity.py`)
+    STORAGE/<study>/lock.json         the driver holding the study (`lock.py`)
+    STORAGE/<study>/best_config.yaml, report/   written by `lrwa report`
+"""
+
+from __future__ import annotations
+
+STUDY_FORMAT = "lrwa-study/2"  # study.json's format; 2: curves/<trial_id>.parquet, Ray owns checkpoints
+STUDY_JSON = "study.json"
+STUDY_YAML = "study.yaml"
+OPTUNA_FILE = "optuna.journal"
+CURVES_DIR = "curves"
+CURVE_FILE = "curve.parquet"
+PARTITION = "trial_id"
+TRIALS_FILE = "trials.parquet"
+RAY_DIR = "ray"
+RAY_STATE_FILE = "ray_state.json"
+LOCK_FILE = "lock.json"
+BEST_CONFIG = "best_config.yaml"
+REPORT_DIR = "report"
+
+# A trial's status in trials.parquet, and the Optuna state that holds it.
+COMPLETED, STOPPED_EARLY, ERRORED, UNFINISHED = (
+    "completed", "stopped early", "errored", "unfinished")
+STATUSES = (COMPLETED, STOPPED_EARLY, ERRORED, UNFINISHED)
+OPTUNA_STATES = {"COMPLETE": COMPLETED, "PRUNED": STOPPED_EARLY, "FAIL": ERRORED,
+                 "RUNNING": UNFINISHED, "WAITING": UNFINISHED}
+
+# Curve statistics (lrwa.summary.curve_statistics): what an objective may name, and the
+# numbers every trial row carries.
+OBJECTIVE_METRICS = ("best_acc", "mean_acc", "final_acc", "var_acc", "max_drop")
+# What the engine reports per epoch (lrwa.distiller), the columns of every curve file.
+EPOCH_METRICS = ("test_acc", "loss_acq", "loss_ret", "loss_gen", "grad_cos", "buffer_fill",
+                 "samples_per_s", "train_s", "wall_s", "student_lr")
+# Packages whose versions each trial row records (lrwa.provenance.versions).
+VERSION_KEYS = ("lrwa", "python", "torch", "ray", "optuna", "pyarrow", "numpy", "git")
+# Optuna user attributes that link a journal trial to lrwa.
+TRIAL_ID_ATTR, RUN_DIR_ATTR, ERROR_ATTR = "trial_id", "run_dir", "error"
+VERSIONS_ATTR = "versions"

@@ -1,0 +1,215 @@
+"""A study's results as Parquet, written and read here: per-trial curves and the trial table.
+
+    curves/<trial_id>.parquet   one row per (trial, epoch): study, trial_id, epoch, the
+                                searched values, mode, replay, seed, every engine metric
+    trials.parquet              one row per trial
+
+A curve file is replaced whole each time its trial reports an epoch, from the rows
+the driver holds for that trial; a report for epoch e replaces every row from e on,
+so a report that Ray replays after a restore rewrites the same rows and no (trial,
+epoch) row can exist twice. The trial table is a view: it is rebuilt from the Optuna
+journal (status, error, parameters) and the curves (accuracy statistics), so it can
+never disagree with them for long. Column types are fixed per study, so the files
+always unify; every file carries its own `trial_id` as a string column.
+
+`load_study(location)` reads both back as pandas frames, from a folder or an object
+store, without copying anything locally.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.dataset as ds
+import pyarrow.parquet as pq
+
+from lrwa.errors import LrwaError
+from lrwa.summary import curve_statistics
+from lrwa.tune.layout import (
+    CURVES_DIR,
+    EPOCH_METRICS,
+    OBJECTIVE_METRICS,
+    STUDY_FORMAT,
+    STUDY_JSON,
+    TRIALS_FILE,
+    VERSION_KEYS,
+)
+from lrwa.tune.storage import StudyStore, first_line, open_study_location
+from lrwa.tune.study import field_kind
+
+Row = Mapping[str, Any]
+SETTING_COLUMNS = ("mode", "replay", "seed")
+TRIAL_COLUMNS = ("teacher_acc", "teacher_gap")
+
+
+_ARROW_TYPES = {"int": pa.int64(), "float": pa.float64(), "bool": pa.bool_(), "str": pa.string()}
+
+
+def config_column_type(name: str) -> pa.DataType:
+    """The Arrow type of a DistillConfig key, from its annotation."""
+    return _ARROW_TYPES[field_kind(name)]
+
+
+def setting_columns(searched: Sequence[str]) -> list[str]:
+    """The searched keys first, then mode, replay and seed (each once)."""
+    return list(dict.fromkeys([*searched, *SETTING_COLUMNS]))
+
+
+def curve_schema(searched: Sequence[str]) -> pa.Schema:
+    return pa.schema([
+        pa.field("study", pa.string()), pa.field("trial_id", pa.string()),
+        pa.field("epoch", pa.int64()),
+        *[pa.field(name, config_column_type(name)) for name in setting_columns(searched)],
+        *[pa.field(name, pa.float64()) for name in EPOCH_METRICS],
+    ])
+
+
+def curve_path(trial_id: str) -> str:
+    return f"{CURVES_DIR}/{trial_id}.parquet"
+
+
+def _number(value: Any) -> float:
+    return math.nan if value is None else float(value)
+
+
+def _parquet_bytes(table: pa.Table) -> bytes:
+    sink = io.BytesIO()
+    pq.write_table(table, sink)
+    return sink.getvalue()
+
+
+def write_curve(store: StudyStore, trial_id: str, searched: Sequence[str],
+                settings: Mapping[str, Any], rows: Sequence[Row]) -> None:
+    """Replace the trial's curve file with `rows`, each with the trial's settings."""
+    columns: dict[str, list[Any]] = {
+        "study": [store.name] * len(rows), "trial_id": [trial_id] * len(rows),
+        "epoch": [int(row["epoch"]) for row in rows],
+        **{name: [settings[name]] * len(rows) for name in setting_columns(searched)},
+        **{name: [_number(row.get(name)) for row in rows] for name in EPOCH_METRICS},
+    }
+    table = pa.Table.from_pydict(columns, schema=curve_schema(searched))
+    store.write_bytes(curve_path(trial_id), _parquet_bytes(table))
+
+
+def read_curve_rows(store: StudyStore, trial_id: str) -> list[dict[str, Any]]:
+    """A trial's stored rows (none when it has no curve yet, or an unreadable one)."""
+    data = store.read_bytes(curve_path(trial_id))
+    if data is None:
+        return []
+    try:
+        return pq.read_table(pa.BufferReader(data)).to_pylist()
+    except (pa.ArrowInvalid, OSError):
+        return []  # a damaged file is rewritten whole by the trial's next report
+
+
+def replace_from(rows: Sequence[Row], row: Row) -> list[dict[str, Any]]:
+    """`rows` with `row` in place of every row from its epoch on."""
+    epoch = int(row["epoch"])
+    return [dict(kept) for kept in rows if int(kept["epoch"]) < epoch] + [dict(row)]
+
+
+def curve_summary(rows: Sequence[Row]) -> dict[str, Any]:
+    """The accuracy statistics of a curve, and how many epochs it holds."""
+    return {**curve_statistics([_number(row.get("test_acc")) for row in rows]),
+            "epochs_run": max((int(row["epoch"]) for row in rows), default=0),
+            "wall_s": sum(_number(row.get("wall_s")) for row in rows) if rows else None}
+
+
+# -- the trial table -----------------------------------------------------------------------
+
+def trials_schema(searched: Sequence[str]) -> pa.Schema:
+    return pa.schema([
+        pa.field("study", pa.string()), pa.field("trial_id", pa.string()),
+        pa.field("number", pa.int64()), pa.field("status", pa.string()),
+        pa.field("error", pa.string()),
+        *[pa.field(name, config_column_type(name)) for name in setting_columns(searched)],
+        *[pa.field(name, pa.float64()) for name in (*OBJECTIVE_METRICS, *TRIAL_COLUMNS)],
+        pa.field("epochs_run", pa.int64()), pa.field("epochs", pa.int64()),
+        pa.field("wall_s", pa.float64()), pa.field("run_dir", pa.string()),
+        pa.field("config", pa.string()),
+        *[pa.field(f"version_{name}", pa.string()) for name in VERSION_KEYS],
+    ])
+
+
+def write_trials_table(store: StudyStore, searched: Sequence[str],
+                       records: Sequence[Row]) -> None:
+    """Replace trials.parquet with one row per record (missing values become null)."""
+    schema = trials_schema(searched)
+    columns: dict[str, list[Any]] = {field.name: [] for field in schema}
+    for record in records:
+        for field in schema:
+            value = record.get(field.name)
+            if field.name == "config" and isinstance(value, Mapping):
+                value = json.dumps(dict(value))
+            elif pa.types.is_floating(field.type) and value is not None:
+                value = float(value)
+            columns[field.name].append(value)
+    store.write_bytes(TRIALS_FILE, _parquet_bytes(pa.Table.from_pydict(columns, schema=schema)))
+
+
+# -- reading a study back ------------------------------------------------------------------
+
+def _unreadable(store: StudyStore, relative: str, error: BaseException) -> LrwaError:
+    return LrwaError(f"{store.location(relative)} cannot be read ({first_line(error)[:160]}); "
+                     "it may be truncated or not written by lrwa")
+
+
+def load_curves(store: StudyStore) -> pd.DataFrame:
+    """Every trial's curve, one row per (trial, epoch), sorted by trial and epoch."""
+    files = [path for path in store.list_files(CURVES_DIR) if path.endswith(".parquet")
+             and not path.rpartition("/")[2].startswith(".")]
+    if not files:
+        return pd.DataFrame()
+    try:
+        table = ds.dataset([store.path(path) for path in files], format="parquet",
+                           filesystem=store.filesystem).to_table()
+    except (pa.ArrowInvalid, OSError) as error:
+        raise _unreadable(store, CURVES_DIR, error) from None
+    curves = table.to_pandas()
+    return curves.sort_values(["trial_id", "epoch"], kind="stable").reset_index(drop=True)
+
+
+def load_trials(store: StudyStore) -> pd.DataFrame:
+    data = store.read_bytes(TRIALS_FILE)
+    if data is None:
+        return pd.DataFrame()
+    try:
+        return pq.read_table(pa.BufferReader(data)).to_pandas()
+    except (pa.ArrowInvalid, OSError) as error:
+        raise _unreadable(store, TRIALS_FILE, error) from None
+
+
+def read_study_record(store: StudyStore) -> dict[str, Any] | None:
+    """study.json of the study, or None when there is none (or not an lrwa one)."""
+    data = store.read_bytes(STUDY_JSON)
+    if data is None:
+        return None
+    try:
+        record = json.loads(data)
+    except ValueError:
+        return None
+    return record if isinstance(record, dict) and record.get("format") == STUDY_FORMAT else None
+
+
+def open_results(location: str) -> StudyStore:
+    """The store of an existing study, refused in one line when it holds no lrwa study."""
+    store = open_study_location(location)
+    if read_study_record(store) is None:
+        where = store.location()
+        if not store.exists():
+            raise LrwaError(f"study {where} does not exist")
+        raise LrwaError(f"{where} is not an lrwa study (no readable {STUDY_JSON})")
+    return store
+
+
+def load_study(location: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(trials, curves) of the study at `location` (its folder, or
+    `s3://bucket/prefix/<study>`) as pandas frames."""
+    store = open_results(str(location))
+    return load_trials(store), load_curves(store)
