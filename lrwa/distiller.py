@@ -34,7 +34,7 @@ GradientAverager = Callable[[list[Tensor]], None]
 
 
 class NonFiniteLoss(LrwaError):
-    """A loss became NaN or infinite; the run stops and keeps its last good checkpoint."""
+    """A loss became NaN or infinite: the engine stops, naming where."""
 
 
 def resolve_device(name: str) -> torch.device:
@@ -53,7 +53,6 @@ class Distiller:
     def __init__(self, config: DistillConfig, teacher: nn.Module, spec: DatasetSpec,
                  eval_images: Tensor, eval_labels: Tensor, device: torch.device | None = None,
                  average_gradients: GradientAverager = _no_averaging, stream: int = 0,
-                 detach_inner: bool = False,
                  inner_average: Callable[[list[Tensor]], list[Tensor]] | None = None) -> None:
         self.config = config
         self.device = device or resolve_device(config.device)
@@ -88,8 +87,8 @@ class Distiller:
         self.rule = UpdateRule(
             mode=config.mode, loss=student_loss(config.student_loss, config.kl_temperature),
             alpha=config.alpha, inner_weight_decay=config.inner_weight_decay,
-            first_order=config.first_order, detach_inner=detach_inner, autocast_dtype=autocast,
-            inner_average=inner_average)
+            first_order=config.first_order, detach_inner=config.detach_inner,
+            replay_loss=config.replay_loss, autocast_dtype=autocast, inner_average=inner_average)
         self.generator_objective = generator_loss(config.generator_loss)
         self.generator_weights = GeneratorLossWeights(
             config.weight_onehot, config.weight_entropy, config.weight_activation,
@@ -121,8 +120,7 @@ class Distiller:
     def _check_finite(self, name: str, value: Tensor) -> None:
         if not torch.isfinite(value):
             raise NonFiniteLoss(f"non-finite {name} at epoch {self.epoch + 1}, iteration "
-                                f"{self.iteration + 1} (student step {self.step + 1}); "
-                                "stopping, the last good checkpoint is kept")
+                                f"{self.iteration + 1} (student step {self.step + 1})")
 
     def generator_step(self) -> Tensor:
         latent = self.generator.sample_latent(self.config.batch_size, self.noise, self.device)

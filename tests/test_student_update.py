@@ -33,27 +33,37 @@ def _flat(tensors) -> torch.Tensor:
     return torch.cat([t.reshape(-1) for t in tensors])
 
 
-def _meta_objective(student, flat_theta, fresh, replayed, loss) -> torch.Tensor:
-    """L_acq(theta) + L_ret(theta - alpha (grad L_acq(theta) + wd theta)), written from scratch."""
+def _meta_objective(student, flat_theta, fresh, replayed, loss, form) -> torch.Tensor:
+    """The meta objective of either loss form, written from scratch:
+
+    separate:     L_acq(theta) + L_ret(theta')
+    concatenated: L([fresh; replayed] at theta) + L_ret(theta')
+    with theta' = theta - alpha (grad L_acq(theta) + wd theta), L_acq on the fresh samples.
+    """
     names = [name for name, _ in student.named_parameters()]
     shapes = [p.shape for _, p in student.named_parameters()]
     pieces = torch.split(flat_theta, [s.numel() for s in shapes])
     theta = [piece.view(shape) for piece, shape in zip(pieces, shapes)]
 
-    def loss_at(weights, batch):
-        return loss(functional_call(student, dict(zip(names, weights)), (batch.images,)),
-                    batch.targets)
+    def loss_at(weights, images, targets):
+        return loss(functional_call(student, dict(zip(names, weights)), (images,)), targets)
 
     with torch.enable_grad():
         leaves = [t.detach().requires_grad_() for t in theta]
-        inner = torch.autograd.grad(loss_at(leaves, fresh), leaves)
+        inner = torch.autograd.grad(loss_at(leaves, fresh.images, fresh.targets), leaves)
     adapted = [t - ALPHA * (g + INNER_DECAY * t) for t, g in zip(theta, inner)]
-    return loss_at(theta, fresh) + loss_at(adapted, replayed)
+    retention = loss_at(adapted, replayed.images, replayed.targets)
+    if form == "separate":
+        return loss_at(theta, fresh.images, fresh.targets) + retention
+    return loss_at(theta, torch.cat([fresh.images, replayed.images]),
+                   torch.cat([fresh.targets, replayed.targets])) + retention
 
 
-def test_meta_gradient_matches_central_finite_differences():
+@pytest.mark.parametrize("form", ["separate", "concatenated"])
+def test_meta_gradient_matches_central_finite_differences(form):
     student, fresh, replayed, loss = _setup()
-    rule = UpdateRule("meta", loss, alpha=ALPHA, inner_weight_decay=INNER_DECAY)
+    rule = UpdateRule("meta", loss, alpha=ALPHA, inner_weight_decay=INNER_DECAY,
+                      replay_loss=form)
     analytic = _flat(student_gradient(student, rule, fresh, replayed).gradients)
     theta = _flat(p.detach() for p in student.parameters())
     generator = torch.Generator().manual_seed(1)
@@ -63,8 +73,10 @@ def test_meta_gradient_matches_central_finite_differences():
         direction /= direction.norm()
         with torch.no_grad():
             # the objective's inner gradient is re-derived at each perturbed point
-            plus = _meta_objective(student, theta + epsilon * direction, fresh, replayed, loss)
-            minus = _meta_objective(student, theta - epsilon * direction, fresh, replayed, loss)
+            plus = _meta_objective(student, theta + epsilon * direction, fresh, replayed, loss,
+                                   form)
+            minus = _meta_objective(student, theta - epsilon * direction, fresh, replayed, loss,
+                                    form)
         numeric = (plus - minus) / (2 * epsilon)
         expected = analytic @ direction
         assert abs(numeric - expected) <= 1e-4 * max(abs(expected), 1e-3)
@@ -86,12 +98,13 @@ def test_retention_term_reaches_theta_unlike_the_released_code():
     ours = student_gradient(student, UpdateRule("meta", loss, alpha=ALPHA), fresh, replayed)
     released = student_gradient(
         student, UpdateRule("meta", loss, alpha=ALPHA, detach_inner=True), fresh, replayed)
-    joint = student_gradient(student, UpdateRule("joint", loss), fresh, replayed)
     difference = (_flat(ours.gradients) - _flat(released.gradients)).norm()
     assert difference > 1e-3 * _flat(ours.gradients).norm()
-    # The released code's update is the joint update: its meta term never reached theta.
-    for a, b in zip(released.gradients, joint.gradients):
-        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    # theta' built from detached weights: L_ret(theta') adds exactly 0, leaving grad L_acq.
+    alone = torch.autograd.grad(loss(student(fresh.images), fresh.targets),
+                                list(student.parameters()))
+    for a, b in zip(released.gradients, alone):
+        assert torch.equal(a, b)
 
 
 def test_first_order_equals_its_analytic_form():
@@ -109,56 +122,57 @@ def test_first_order_equals_its_analytic_form():
         torch.testing.assert_close(value, a + r, rtol=1e-12, atol=1e-12)
 
 
-def test_second_order_differs_from_first_order_by_the_hessian_term():
+@pytest.mark.parametrize("form", ["separate", "concatenated"])
+def test_second_order_differs_from_first_order_by_the_hessian_term(form):
     student, fresh, replayed, loss = _setup()
-    second = _flat(student_gradient(student, UpdateRule("meta", loss, alpha=ALPHA),
+    second = _flat(student_gradient(student, UpdateRule("meta", loss, alpha=ALPHA,
+                                                        replay_loss=form),
                                     fresh, replayed).gradients)
     first = _flat(student_gradient(student, UpdateRule("meta", loss, alpha=ALPHA,
-                                                       first_order=True),
+                                                       first_order=True, replay_loss=form),
                                    fresh, replayed).gradients)
     assert (second - first).norm() > 1e-6 * second.norm()
 
 
-def test_acquire_ignores_replay_and_joint_adds_it():
+@pytest.mark.parametrize("form", ["separate", "concatenated"])
+def test_acquire_ignores_replay_and_the_loss_form(form):
     student, fresh, replayed, loss = _setup(loss_name="l1")
-    acquire = student_gradient(student, UpdateRule("acquire", loss), fresh, replayed)
+    acquire = student_gradient(student, UpdateRule("acquire", loss, replay_loss=form), fresh,
+                               replayed)
     alone = torch.autograd.grad(l1_logits(student(fresh.images), fresh.targets),
                                 list(student.parameters()))
     for a, b in zip(acquire.gradients, alone):
-        torch.testing.assert_close(a, b)
+        assert torch.equal(a, b)
     assert acquire.loss_ret is None
 
 
+@pytest.mark.parametrize("form", ["separate", "concatenated"])
 @pytest.mark.parametrize("mode", ["acquire", "joint", "meta"])
-def test_cosine_probe_is_a_cosine_and_changes_nothing(mode):
+def test_cosine_probe_is_a_cosine_and_changes_nothing(mode, form):
     student, fresh, replayed, loss = _setup(loss_name="l1")
-    rule = UpdateRule(mode, loss, alpha=ALPHA)
+    rule = UpdateRule(mode, loss, alpha=ALPHA, replay_loss=form)
     plain = student_gradient(student, rule, fresh, replayed, probe_cosine=False)
     probed = student_gradient(student, rule, fresh, replayed, probe_cosine=True)
     assert -1.0 <= probed.grad_cos.item() <= 1.0
     for a, b in zip(plain.gradients, probed.gradients):
-        torch.testing.assert_close(a, b, rtol=0, atol=0)
+        assert torch.equal(a, b)
 
 
-def test_without_replay_every_mode_is_acquisition():
+@pytest.mark.parametrize("form", ["separate", "concatenated"])
+def test_without_replay_every_mode_is_acquisition(form):
     student, fresh, _, loss = _setup(loss_name="l1")
     reference = student_gradient(student, UpdateRule("acquire", loss), fresh).gradients
     for mode in ("joint", "meta"):
-        got = student_gradient(student, UpdateRule(mode, loss, alpha=ALPHA), fresh).gradients
+        rule = UpdateRule(mode, loss, alpha=ALPHA, replay_loss=form)
+        got = student_gradient(student, rule, fresh).gradients
         for a, b in zip(got, reference):
             assert torch.equal(a, b)
 
 
-def test_batchnorm_running_stats_identical_for_meta_alpha_zero_and_joint():
-    torch.manual_seed(0)
-    images = torch.randn(8, 1, 8, 8), torch.randn(4, 1, 8, 8)
-    targets = torch.randn(8, 10), torch.randn(4, 10)
-    buffers = []
-    for rule in (UpdateRule("joint", l1_logits), UpdateRule("meta", l1_logits, alpha=0.0)):
-        torch.manual_seed(3)
-        student = build_model("resnet18", 1, 8, 10)
-        student_gradient(student, rule, Batch(images[0], targets[0]),
-                         Batch(images[1], targets[1]), probe_cosine=True)
-        buffers.append([b.clone() for b in student.buffers()])
-    for a, b in zip(*buffers):
-        assert torch.equal(a, b)
+@pytest.mark.parametrize(("changes", "message"), [
+    ({"mode": "maml"}, "mode must be one of"),
+    ({"replay_loss": "concat"}, "replay_loss must be one of"),
+    ({"first_order": True, "detach_inner": True}, "cannot be combined")])
+def test_update_rule_refuses_what_it_cannot_compute(changes, message):
+    with pytest.raises(ValueError, match=message):
+        UpdateRule(**{"mode": "meta", "loss": l1_logits, **changes})
