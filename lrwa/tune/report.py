@@ -36,6 +36,7 @@ from lrwa.tune.layout import (
 )
 from lrwa.tune.results import load_curves, load_trials, open_results, read_study_record
 from lrwa.tune.storage import StudyStore
+from lrwa.tune.study import VARIANT
 
 RANKED_STATUSES = (COMPLETED, STOPPED_EARLY)
 PERCENT_METRICS = ("best_acc", "mean_acc", "final_acc", "max_drop")
@@ -84,7 +85,9 @@ def best_config(trials: pd.DataFrame, objectives: list[dict[str, str]]) -> tuple
     if "pareto" in ranked and ranked["pareto"].any():
         ranked = ranked[ranked["pareto"]]
     row = ranked.iloc[0]
-    return str(row["trial_id"]), json.loads(row["config"])
+    config = json.loads(row["config"])
+    config.pop(VARIANT, None)  # a name in the study file; its keys are in the config
+    return str(row["trial_id"]), config
 
 
 # -- plots ---------------------------------------------------------------------------------

@@ -41,7 +41,7 @@ from lrwa.tune.layout import (
     VERSION_KEYS,
 )
 from lrwa.tune.storage import StudyStore, first_line, open_study_location
-from lrwa.tune.study import field_kind
+from lrwa.tune.study import VARIANT, field_kind
 
 Row = Mapping[str, Any]
 SETTING_COLUMNS = ("mode", "replay", "seed")
@@ -52,8 +52,8 @@ _ARROW_TYPES = {"int": pa.int64(), "float": pa.float64(), "bool": pa.bool_(), "s
 
 
 def config_column_type(name: str) -> pa.DataType:
-    """The Arrow type of a DistillConfig key, from its annotation."""
-    return _ARROW_TYPES[field_kind(name)]
+    """The Arrow type of a DistillConfig key, from its annotation (a variant is its name)."""
+    return pa.string() if name == VARIANT else _ARROW_TYPES[field_kind(name)]
 
 
 def setting_columns(searched: Sequence[str]) -> list[str]:

@@ -173,6 +173,23 @@ def _trial_name(trial: Any) -> str:
     return str(trial.trial_id)
 
 
+def _loggers(study: Study) -> list[Any]:
+    """Ray Tune's own logger callbacks the study asks for. TensorBoard needs none: Ray
+    writes event files into each trial's folder under ray/ by default."""
+    if not study.mlflow:
+        return []
+    try:
+        import mlflow  # noqa: F401 - Ray's callback imports it only when the trial starts
+    except ImportError:
+        raise LrwaError(f"study '{study.name}' logs to MLflow (loggers.mlflow), which is not "
+                        "installed: pip install 'lrwa[mlflow]'") from None
+    from ray.air.integrations.mlflow import MLflowLoggerCallback
+
+    return [MLflowLoggerCallback(tracking_uri=study.mlflow.get("tracking_uri"),
+                                 experiment_name=study.mlflow.get("experiment", study.name),
+                                 tags={"lrwa_study": study.name}, save_artifact=False)]
+
+
 def build_tuner(study: Study, store: StudyStore, teacher: Any, concurrency: int,
                 context: TrialContext, out: Printer) -> tuple[Any, bool]:
     """The restored Tuner when Ray holds this study's state, else a new one."""
@@ -219,7 +236,7 @@ def build_tuner(study: Study, store: StudyStore, teacher: Any, concurrency: int,
             trial_name_creator=_trial_name, trial_dirname_creator=_trial_name),
         run_config=tune.RunConfig(
             name=RAY_DIR, storage_path=storage_path, storage_filesystem=filesystem, verbose=0,
-            callbacks=[StudyRecorder(study, store)],
+            callbacks=[StudyRecorder(study, store), *_loggers(study)],
             failure_config=tune.FailureConfig(max_failures=MAX_TRIAL_RESTARTS),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=CHECKPOINTS_KEPT)))
     record_state(store)  # the new Tuner's tuner.pkl
@@ -255,6 +272,7 @@ def run_study(study: Study, storage: str | os.PathLike[str] = DEFAULT_STORAGE,
     if base.teacher is not None and not os.path.isfile(base.teacher):
         raise LrwaError(f"teacher file {base.teacher} does not exist (base.teacher of study "
                         f"'{study.name}')")
+    _loggers(study)  # a missing MLflow fails now, in one line, before anything is written
     store = open_store(storage, study.name)
     store.check_writable()
     with hold_study(store):

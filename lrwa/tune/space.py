@@ -37,7 +37,12 @@ def optuna_space(study: Study) -> dict[str, BaseDistribution]:
 
 def build_sampler(study: Study) -> optuna.samplers.BaseSampler:
     """TPE (multivariate, so correlated keys such as buffer size and ratio are modelled
-    jointly) or random search, both seeded from the study's seed."""
+    jointly), random search, or every point of a categorical grid once; all seeded from
+    the study's seed."""
+    if study.sampler == "grid":
+        return optuna.samplers.GridSampler(
+            {parameter.name: list(parameter.choices) for parameter in study.space},
+            seed=study.seed)
     if study.sampler == "random":
         return optuna.samplers.RandomSampler(seed=study.seed)
     with warnings.catch_warnings():

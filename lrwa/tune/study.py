@@ -5,16 +5,22 @@ A study file is YAML with these top-level keys (see `tune_studies/quickstart.yam
     name, description        folder name under the storage; free text
     base                     DistillConfig keys shared by every trial
     space                    searched DistillConfig keys, each {type, low, high, log, step,
-                             choices}; type is loguniform, uniform, int or categorical
+                             choices}; type is loguniform, uniform, int or categorical;
+                             `variant: {type: categorical, choices: [...]}` picks one of
+    variants                 named bundles of DistillConfig keys laid over `base` (e.g. the
+                             systems a comparison runs: {mb-dfkd: {mode: joint, ...}})
     objective                {metric, direction}, or a list of two for a Pareto front
     budget                   {trials, time_budget_s, max_concurrent}
     resources                per trial {cpus, gpus, workers}; cpus/gpus are per worker;
                              workers > 1 runs each trial data parallel with Ray Train
-    sampler                  {type: tpe|random, n_startup_trials}; seeded from `seed`
+    sampler                  {type: tpe|random|grid, n_startup_trials}; seeded from `seed`;
+                             grid runs every combination of the (categorical) space once
     scheduler                none, or {type: asha, grace_period, reduction_factor}
     points_to_evaluate       configurations tried first (missing keys come from `base`)
     seed                     sampler seed, and the trials' seed unless `base` names one
     smoke                    {base, budget, resources} overrides for `--smoke`
+    loggers                  {mlflow: {tracking_uri, experiment}}: Ray Tune's MLflow logger
+                             (TensorBoard event files are always written by Ray)
 
 Unknown keys anywhere fail with an `LrwaError` naming the key path, and so does
 every value a trial could not run with: the base config, each end of each range
@@ -39,6 +45,7 @@ import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from lrwa.config import PRESETS, DistillConfig, from_mapping
 from lrwa.errors import LrwaError
@@ -49,7 +56,8 @@ STUDIES_PACKAGE = "lrwa.studies"
 METRICS = ("best_acc", "mean_acc", "final_acc", "var_acc", "max_drop")
 DIRECTIONS = ("max", "min")
 SPACE_TYPES = ("loguniform", "uniform", "int", "categorical")
-SAMPLERS = ("tpe", "random")
+SAMPLERS = ("tpe", "random", "grid")
+VARIANT = "variant"  # the space key that picks one of `variants`
 # Keys that name where things are rather than how a run behaves: never searched.
 UNSEARCHABLE = ("teacher", "teacher_arch", "dataset", "data_root", "download", "device")
 MAX_CORNERS = 4096
@@ -57,7 +65,10 @@ NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 CONFIG_KEYS = tuple(f.name for f in dataclasses.fields(DistillConfig))
 
 TOP_KEYS = ("name", "description", "base", "space", "objective", "budget", "resources",
-            "sampler", "scheduler", "points_to_evaluate", "seed", "smoke")
+            "sampler", "scheduler", "points_to_evaluate", "seed", "smoke", "variants",
+            "loggers")
+LOGGER_KEYS = ("mlflow",)
+MLFLOW_KEYS = ("tracking_uri", "experiment")
 SPACE_KEYS = ("type", "low", "high", "log", "choices", "step")
 # lrwa.ray_train gives each of N workers 1/N of these: with workers > 1 they must split.
 SPLIT_KEYS = ("batch_size", "buffer_size", "insert_size")
@@ -141,6 +152,8 @@ class Study:
     seed: int
     smoke: dict[str, Any]
     source: str
+    variants: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
+    mlflow: dict[str, str] | None = None
     is_smoke: bool = False
 
     @property
@@ -159,7 +172,17 @@ class Study:
         return from_mapping(self.base)
 
     def trial_config(self, params: Mapping[str, Any]) -> DistillConfig:
-        return from_mapping(params, base=self.base_config())
+        """The config a trial runs: base, then its variant's keys, then its other values."""
+        values = dict(params)
+        bundle = self.variants[values.pop(VARIANT)] if VARIANT in values else {}
+        return from_mapping({**bundle, **values}, base=self.base_config())
+
+    def trial_settings(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        """The trial's whole config as a mapping, with its variant's name when it has one."""
+        settings = self.trial_config(params).to_dict()
+        if VARIANT in params:
+            settings[VARIANT] = params[VARIANT]
+        return settings
 
     def to_dict(self) -> dict[str, Any]:
         """The resolved study: what the hash covers and what `study.json` records."""
@@ -215,6 +238,8 @@ def _raw_of(study: Study) -> dict[str, Any]:
         "points_to_evaluate": [dict(point) for point in study.points_to_evaluate],
         "seed": study.seed,
         "smoke": study.smoke,
+        "variants": {name: dict(bundle) for name, bundle in study.variants.items()},
+        "loggers": {"mlflow": dict(study.mlflow)} if study.mlflow else {},
     }
 
 
@@ -348,6 +373,47 @@ def field_kind(name: str) -> str:
     return annotation.split(" ")[0].split("|")[0]
 
 
+def _expand(values: Mapping[str, Any], variants: Mapping[str, Mapping[str, Any]]
+            ) -> dict[str, Any]:
+    """Config keys of a point of the space: its variant's bundle, then its other values."""
+    values = dict(values)
+    return {**variants.get(values.pop(VARIANT, None), {}), **values}
+
+
+def _variants(check: _Checker, raw: Any, base: DistillConfig) -> dict[str, dict[str, Any]]:
+    variants = check.mapping("variants", raw, tuple(raw or ()))
+    result = {}
+    for name, bundle in variants.items():
+        key_path = f"variants.{name}"
+        if not isinstance(name, str) or not NAME_PATTERN.match(name):
+            raise check.fail(key_path, "a variant's name is letters, digits, '.', '_' or '-'")
+        bundle = dict(check.mapping(key_path, bundle, CONFIG_KEYS))
+        for key in bundle:
+            if key in UNSEARCHABLE:
+                raise check.fail(f"{key_path}.{key}", f"'{key}' says where things are and "
+                                 "belongs in base")
+        check.config(key_path, bundle, base)
+        result[name] = bundle
+    return result
+
+
+def _variant_parameter(check: _Checker, raw: Any,
+                       variants: Mapping[str, Any]) -> Parameter:
+    entry = check.mapping(f"space.{VARIANT}", raw, SPACE_KEYS)
+    if entry.get("type") != "categorical" or set(entry) - {"type", "choices"}:
+        raise check.fail(f"space.{VARIANT}", "is {type: categorical, choices: [names from "
+                         "variants]}")
+    choices = entry.get("choices")
+    if not isinstance(choices, list) or not choices or len(set(map(str, choices))) != len(
+            choices):
+        raise check.fail(f"space.{VARIANT}.choices", "must list distinct variant names")
+    for index, choice in enumerate(choices):
+        if choice not in variants:
+            raise check.fail(f"space.{VARIANT}.choices[{index}]", f"{shown(choice)} is not "
+                             f"in variants ({', '.join(variants) or 'none given'})")
+    return Parameter(VARIANT, "categorical", choices=tuple(choices))
+
+
 def _parameter(check: _Checker, name: str, raw: Any, base: DistillConfig) -> Parameter:
     key_path = f"space.{name}"
     if name not in CONFIG_KEYS:
@@ -443,8 +509,8 @@ def _split_over_workers(check: _Checker, space: tuple[Parameter, ...], base: Dis
     return tuple(result)
 
 
-def _check_corners(check: _Checker, space: tuple[Parameter, ...],
-                   base: DistillConfig) -> None:
+def _check_corners(check: _Checker, space: tuple[Parameter, ...], base: DistillConfig,
+                   variants: Mapping[str, Mapping[str, Any]]) -> None:
     """Every combination of range ends and choices must be a valid config."""
     options = [p.choices if p.type == "categorical" else (p.low, p.high) for p in space]
     for count, combination in enumerate(itertools.product(*options)):
@@ -452,7 +518,7 @@ def _check_corners(check: _Checker, space: tuple[Parameter, ...],
             return
         values = dict(zip((p.name for p in space), combination))
         try:
-            from_mapping(values, base=base)
+            from_mapping(_expand(values, variants), base=base)
         except LrwaError as error:
             corner = ", ".join(f"{k}={shown(v)}" for k, v in values.items())
             raise check.fail("space", f"the corner {{{corner}}} is not a valid config: "
@@ -460,7 +526,8 @@ def _check_corners(check: _Checker, space: tuple[Parameter, ...],
 
 
 def _points(check: _Checker, raw: Any, space: tuple[Parameter, ...],
-            base: DistillConfig) -> tuple[dict[str, Any], ...]:
+            base: DistillConfig, variants: Mapping[str, Mapping[str, Any]]
+            ) -> tuple[dict[str, Any], ...]:
     if raw is None:
         return ()
     if not isinstance(raw, list):
@@ -485,12 +552,34 @@ def _points(check: _Checker, raw: Any, space: tuple[Parameter, ...],
                                      f"base value {shown(value)} is outside the space "
                                      f"({parameter.describe()})")
             filled[parameter.name] = int(value) if parameter.type == "int" else value
-        check.config(key_path, filled, base)
+        check.config(key_path, _expand(filled, variants), base)
         points.append(filled)
     return tuple(points)
 
 
 # -- the whole file ------------------------------------------------------------------------
+
+def _mlflow(check: _Checker, raw: Any) -> dict[str, str] | None:
+    """The MLflow logger's settings; a tracking URI may not carry credentials (they would
+    land in study.json): MLflow reads MLFLOW_TRACKING_USERNAME/PASSWORD or a token instead."""
+    loggers = check.mapping("loggers", raw, LOGGER_KEYS)
+    if loggers.get("mlflow") is None:
+        return None
+    entry = check.mapping("loggers.mlflow", loggers["mlflow"], MLFLOW_KEYS)
+    settings = {}
+    for key in MLFLOW_KEYS:
+        value = entry.get(key)
+        if value is not None and not isinstance(value, str):
+            raise check.fail(f"loggers.mlflow.{key}", f"must be text, got {shown(value)}")
+        if value:
+            settings[key] = value
+    uri = settings.get("tracking_uri", "")
+    if "@" in urlsplit(uri).netloc:
+        raise check.fail("loggers.mlflow.tracking_uri", "must not carry credentials; set "
+                         "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD (or "
+                         "MLFLOW_TRACKING_TOKEN) in the environment instead")
+    return settings
+
 
 def _objectives(check: _Checker, raw: Any) -> tuple[Objective, ...]:
     entries = raw if isinstance(raw, list) else [raw]
@@ -532,9 +621,13 @@ def parse_study(data: Mapping[str, Any], source: str) -> Study:
     if not space_raw:
         raise check.fail("", "space is empty: name at least one DistillConfig key to "
                          "search, e.g. alpha: {type: loguniform, low: 0.01, high: 2}")
-    space = tuple(_parameter(check, str(key), value, base_config)
+    variants = _variants(check, data.get("variants"), base_config)
+    space = tuple(_variant_parameter(check, value, variants) if key == VARIANT
+                  else _parameter(check, str(key), value, base_config)
                   for key, value in space_raw.items())
-    _check_corners(check, space, base_config)
+    if variants and VARIANT not in space_raw:
+        raise check.fail("variants", f"are picked by space.{VARIANT}; add it to the space")
+    _check_corners(check, space, base_config, variants)
 
     objectives = _objectives(check, data.get("objective"))
 
@@ -576,10 +669,22 @@ def parse_study(data: Mapping[str, Any], source: str) -> Study:
         raise check.fail("scheduler", "ASHA stops trials on one metric; a two-objective "
                          "study needs scheduler: none")
 
-    points = _points(check, data.get("points_to_evaluate"), space, base_config)
+    points = _points(check, data.get("points_to_evaluate"), space, base_config, variants)
     if len(points) > trials:
         raise check.fail("points_to_evaluate", f"lists {len(points)} points but "
                          f"budget.trials is {trials}")
+    if sampler_type == "grid":
+        if any(parameter.type != "categorical" for parameter in space):
+            raise check.fail("sampler", "a grid runs categorical choices only; give each "
+                             "space entry type: categorical")
+        if points:
+            raise check.fail("points_to_evaluate", "a grid runs every point already")
+        size = math.prod(len(parameter.choices) for parameter in space)
+        if trials != size:
+            raise check.fail("budget.trials", f"is {trials} but the grid has {size} points "
+                             "(each runs once)")
+
+    mlflow = _mlflow(check, data.get("loggers"))
 
     smoke = check.mapping("smoke", data.get("smoke"), SMOKE_KEYS)
     smoke = {
@@ -596,4 +701,4 @@ def parse_study(data: Mapping[str, Any], source: str) -> Study:
         max_concurrent=max_concurrent, cpus=cpus, gpus=gpus, workers=workers,
         sampler=sampler_type, n_startup_trials=startup, scheduler=scheduler_type,
         grace_period=grace, reduction_factor=reduction, points_to_evaluate=points, seed=seed,
-        smoke=smoke, source=source)
+        smoke=smoke, source=source, variants=variants, mlflow=mlflow)
