@@ -2,8 +2,10 @@
 
 Every user mistake surfaces as one line on stderr and exit status 2 (`--debug`
 shows the traceback instead); argparse's own errors are folded into the same
-one-line form. Flags default to None so that only what the user typed
-overrides the config file and the data set's preset.
+one-line form, and so is a write that fails for want of space anywhere below.
+Flags default to None so that only what the user typed overrides the config
+file and the data set's preset. Every folder or file a command will write is
+checked (`output_paths`) before any work that its failure would waste.
 """
 
 from __future__ import annotations
@@ -15,15 +17,36 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
+from lrwa.atomic import out_of_space
 from lrwa.errors import LrwaError
+from lrwa.yaml_files import clipped
 
 EXIT_USER_ERROR = 2
+MAX_SEED = 2**32 - 1  # numpy's seed range, as the config's `seed` key
 
 
 class _OneLineParser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         sys.stderr.write(f"{self.prog}: error: {message}\n")
         raise SystemExit(EXIT_USER_ERROR)
+
+
+def _number_type(kind: type, low: float, high: float | None = None) -> Any:
+    """An argparse type: a finite `kind` in [low, high], refused in argparse's one line."""
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"invalid {kind.__name__} value: "
+                                             f"{clipped(repr(text))}") from None
+        if not math.isfinite(value) or value < low or (high is not None and value > high):
+            bound = f"at least {low:g}" if high is None else f"in [{low:g}, {high:.0f}]"
+            number = "a finite number of " if kind is float else ""
+            raise argparse.ArgumentTypeError(f"must be {number}{bound}, got {clipped(text)}")
+        return value
+
+    parse.__name__ = kind.__name__  # argparse names the type in its own messages
+    return parse
 
 
 def _distill_flags(parser: argparse.ArgumentParser) -> None:
@@ -38,6 +61,11 @@ def _distill_flags(parser: argparse.ArgumentParser) -> None:
     add("--alpha", type=float, help="inner step size of the meta update")
     add("--first-order", action="store_true", default=None,
         help="drop the second-order terms of the meta gradient")
+    add("--replay-loss", choices=("separate", "concatenated"),
+        help="separate: L_acq + L_ret (the paper); concatenated: one mean over "
+             "[fresh; replayed] (LRA's code)")
+    add("--detach-inner", action="store_true", default=None,
+        help="build theta' from detached weights, as LRA's released code does (meta only)")
     add("--buffer-size", type=int, help="memory bank capacity in samples")
     add("--replay-ratio", type=float, help="replayed batch as a fraction of the fresh batch")
     add("--generator-loss", help="pre-dfkd or dfad")
@@ -56,9 +84,9 @@ def _distill_flags(parser: argparse.ArgumentParser) -> None:
     add("--out", required=True, help="run folder (refused if it already holds a run)")
     add("--resume", action="store_true", help="continue the run in --out")
     ray = parser.add_argument_group("data parallel (Ray Train)")
-    ray.add_argument("--workers", type=int, default=1,
+    ray.add_argument("--workers", type=_number_type(int, 1), default=1,
                      help="data-parallel workers; 1 keeps the plain process")
-    ray.add_argument("--gpus-per-worker", type=float, default=0.0)
+    ray.add_argument("--gpus-per-worker", type=_number_type(float, 0), default=0.0)
     ray.add_argument("--storage", help="Ray run storage (a folder or s3://...)")
     ray.add_argument("--sync-batchnorm", action="store_true",
                      help="SyncBatchNorm across GPU workers")
@@ -77,7 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--arch", required=True)
     train.add_argument("--out", required=True, help="checkpoint file to write")
     train.add_argument("--epochs", type=int)
-    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--seed", type=_number_type(int, 0, MAX_SEED), default=0)
     train.add_argument("--data-root")
     train.add_argument("--download", action="store_true")
     train.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
@@ -125,13 +153,16 @@ def _print_summary(summary: dict[str, Any], out_dir: Path) -> None:
 
 
 def _distill(args: argparse.Namespace) -> None:
-    from lrwa.config import build_config, load_yaml
-    from lrwa.run import prepare_out_dir, resolve_teacher, run_distillation
+    from lrwa.config import build_config, checked_values, load_yaml
+    from lrwa.folder_lock import LOCK_FILE, hold_folder
+    from lrwa.output_paths import check_folder
+    from lrwa.run import HOLDER, prepare_out_dir, resolve_teacher, run_distillation
 
     overrides = _explicit_overrides(args)
     out_dir = Path(args.out)
-    if args.workers < 1:
-        raise LrwaError(f"--workers must be at least 1, got {args.workers}")
+    check_folder(out_dir, "--out")
+    if args.storage and "://" not in args.storage:
+        check_folder(args.storage, "--storage")
     run = run_distillation
     extra: dict[str, Any] = {}
     if args.workers > 1 or args.gpus_per_worker > 0:
@@ -141,15 +172,19 @@ def _distill(args: argparse.Namespace) -> None:
                  "storage": args.storage, "sync_batchnorm": args.sync_batchnorm}
     if args.resume and args.workers == 1 and (out_dir / "ray_run.json").is_file():
         raise LrwaError(f"{out_dir} is a data-parallel run; resume it with the same --workers")
+    file_values = load_yaml(args.config) if args.config else {}
+    # Each layer on its own first: a bad value in the file is reported even where a flag
+    # would replace it.
+    checked_values(file_values)
+    checked_values(overrides)
     if args.resume:
-        if args.config:
-            overrides = {**load_yaml(args.config), **overrides}
-        summary = run(None, out_dir, resume=True, overrides=overrides, on_epoch=_print_epoch,
-                      **extra)
+        summary = run(None, out_dir, resume=True, overrides={**file_values, **overrides},
+                      on_epoch=_print_epoch, **extra)
     else:
-        file_values = load_yaml(args.config) if args.config else {}
+        # Only to find the teacher: the keys that depend on the data set's preset are
+        # neutral here, and the whole config is checked once the data set is known.
         draft = build_config(None, file_values, {**overrides, "mode": "acquire",
-                                                 "replay": "none"})
+                                                 "replay": "none", "detach_inner": False})
         if draft.teacher is None:
             # The embedded teacher takes a while to train once; its data set is known without it.
             from lrwa.teacher import DEFAULT_TEACHER
@@ -159,7 +194,12 @@ def _distill(args: argparse.Namespace) -> None:
                 raise LrwaError(f"--dataset {draft.dataset} needs --teacher: the embedded "
                                 f"teacher is trained on {default_dataset}")
             build_config(default_dataset, file_values, overrides)
-        prepare_out_dir(out_dir, resume=False)  # refuse a used --out before loading a teacher
+        # Refuse a used --out before loading a teacher: one a run is writing now (a lock
+        # file exists only where a run has been), then one that holds another run.
+        if (out_dir / LOCK_FILE).is_file():
+            with hold_folder(out_dir, HOLDER):
+                pass
+        prepare_out_dir(out_dir, resume=False)
         teacher = resolve_teacher(draft)
         config = build_config(teacher.metadata["dataset"], file_values, overrides)
         summary = run(config, out_dir, teacher=teacher, on_epoch=_print_epoch, **extra)
@@ -175,12 +215,12 @@ def _quickstart(args: argparse.Namespace) -> None:
 
 def _teacher(args: argparse.Namespace) -> None:
     from lrwa.distiller import resolve_device
+    from lrwa.output_paths import check_file
     from lrwa.teacher import evaluate_on_split, load_teacher, save_teacher, train_teacher
 
     if args.teacher_command == "train":
         out = Path(args.out)
-        if out.is_dir():
-            raise LrwaError(f"{out} is a folder; --out takes a checkpoint file name")
+        check_file(out, "--out")  # before training: a teacher that cannot be saved is lost
         if out.exists() and not args.force:
             raise LrwaError(f"{out} already exists; pass --force to replace it")
         if args.epochs is not None and args.epochs < 1:
@@ -215,6 +255,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         sys.stderr.write("lrwa: interrupted; completed epochs are saved, rerun with --resume\n")
         return 130
+    except Exception as error:
+        # A full disk is the user's to fix wherever the write was; lrwa's own writers say
+        # which file (atomic.py), this catches the writes of the libraries it drives.
+        cause = out_of_space(error)
+        if cause is None or args.debug:
+            raise
+        sys.stderr.write(f"lrwa: error: cannot write {cause.filename or 'a file'}: "
+                         f"{cause.strerror}\n")
+        return EXIT_USER_ERROR
     return 0
 
 

@@ -5,7 +5,10 @@ values (METHOD.md); `SMALL_PRESET` holds the CPU-sized values used for the
 offline data sets. A run's config is built in layers: defaults, then the
 dataset's preset, then a YAML file, then command-line flags. Every layer goes
 through `from_mapping`, which rejects unknown keys and out-of-range values
-with a one-line `LrwaError` naming the key and what it accepts.
+with a one-line `LrwaError` naming the key and what it accepts; each layer is
+also checked on its own, so a bad value in a file is reported even when a flag
+overrides it. Values quoted in messages are shortened (`yaml_files.shown`).
+YAML files are read by the one strict loader, `yaml_files.load_yaml_mapping`.
 """
 
 from __future__ import annotations
@@ -16,14 +19,16 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from lrwa.errors import LrwaError
+from lrwa.yaml_files import load_yaml_mapping, shown
 
 MODES = ("acquire", "joint", "meta")
 REPLAYS = ("none", "memory", "generative")
 REPLAY_LOSSES = ("separate", "concatenated")
 MAX_REPLAY_RATIO = 4.0
+# Keys that name files or folders: stored absolute in a run folder, so the run resumes
+# from any working directory, and compared as resolved paths on resume.
+PATH_KEYS = ("teacher", "data_root")
 
 
 def _field(default: Any, *, low: float | None = None, high: float | None = None,
@@ -172,7 +177,8 @@ def _coerce(name: str, value: Any, annotation: str) -> Any:
     except (TypeError, ValueError, OverflowError):
         kind = annotation.split(" ")[0]
         article = "an" if kind == "int" else "a"
-        raise LrwaError(f"config key '{name}' must be {article} {kind}, got {value!r}") from None
+        raise LrwaError(f"config key '{name}' must be {article} {kind}, "
+                        f"got {shown(value)}") from None
 
 
 def _number(value: float) -> str:
@@ -183,7 +189,7 @@ def _number(value: float) -> str:
 def _check_range(name: str, value: Any) -> None:
     meta = _FIELDS[name].metadata
     if meta["choices"] and value not in meta["choices"]:
-        raise LrwaError(f"config key '{name}' is {value!r}; choose from: "
+        raise LrwaError(f"config key '{name}' is {shown(value)}; choose from: "
                         f"{', '.join(meta['choices'])}")
     low, high = meta["low"], meta["high"]
     if value is None or low is None:
@@ -191,21 +197,29 @@ def _check_range(name: str, value: Any) -> None:
     too_low = value <= low if meta["low_open"] else value < low
     if too_low or value > high:
         bracket = "(" if meta["low_open"] else "["
-        raise LrwaError(f"config key '{name}' is {value}; allowed range is "
+        raise LrwaError(f"config key '{name}' is {shown(value)}; allowed range is "
                         f"{bracket}{_number(low)}, {_number(high)}]")
 
 
-def from_mapping(values: Mapping[str, Any], base: DistillConfig | None = None) -> DistillConfig:
-    """Apply `values` on top of `base` (default: the defaults), strictly."""
-    base = base or DistillConfig()
+def checked_values(values: Mapping[Any, Any]) -> dict[str, Any]:
+    """`values` coerced to the fields' types, each key and value checked on its own."""
     unknown = sorted(set(values) - set(_FIELDS), key=str)  # YAML keys need not be strings
     if unknown:
-        raise LrwaError(f"unknown config key '{unknown[0]}' (known keys: {', '.join(_FIELDS)})")
+        raise LrwaError(f"unknown config key {shown(str(unknown[0]))} "
+                        f"(known keys: {', '.join(_FIELDS)})")
     coerced = {}
     for name, value in values.items():
         coerced[name] = _coerce(name, value, str(_FIELDS[name].type))
         _check_range(name, coerced[name])
-    config = dataclasses.replace(base, **coerced)
+        if name in PATH_KEYS and "\0" in (coerced[name] or ""):
+            raise LrwaError(f"config key '{name}' is {shown(value)}, not a usable path "
+                            "(it holds a NUL character)")
+    return coerced
+
+
+def from_mapping(values: Mapping[str, Any], base: DistillConfig | None = None) -> DistillConfig:
+    """Apply `values` on top of `base` (default: the defaults), strictly."""
+    config = dataclasses.replace(base or DistillConfig(), **checked_values(values))
     validate(config)
     return config
 
@@ -226,35 +240,44 @@ def validate(config: DistillConfig) -> None:
     if config.replay == "memory" and config.samples_per_insertion > config.buffer_size:
         raise LrwaError(f"insert_size {config.samples_per_insertion} exceeds buffer_size "
                         f"{config.buffer_size}")
+    if config.detach_inner and config.mode != "meta":
+        raise LrwaError(f"detach_inner changes only the meta step's theta'; mode "
+                        f"'{config.mode}' has none (use mode meta or drop detach_inner)")
+    if config.detach_inner and config.first_order:
+        # Two different theta': first order keeps theta' a function of theta and drops the
+        # Hessian; detach_inner cuts theta' off theta entirely. No update is both.
+        raise LrwaError("first_order and detach_inner cannot be combined; choose one")
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
-    """Read a YAML mapping, failing in one line on a missing file or bad YAML."""
-    path = Path(path)
-    if not path.exists():
-        raise LrwaError(f"config file {path} does not exist")
-    if not path.is_file():
-        raise LrwaError(f"config file {path} is not a file")
+    """Read a config file's mapping with the strict loader, failing in one line."""
+    return load_yaml_mapping(path, "config file")
+
+
+def absolute_paths(config: DistillConfig) -> DistillConfig:
+    """`config` with its file and folder keys resolved against the working directory."""
+    return config.replace(**{key: resolved_path(key, getattr(config, key))
+                             for key in PATH_KEYS if getattr(config, key) is not None})
+
+
+def resolved_path(key: str, value: str) -> str:
+    """Config key `key`'s path `value`, absolute and with symlinks resolved."""
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except UnicodeDecodeError:
-        raise LrwaError(f"config file {path} is not valid YAML (not UTF-8 text)") from None
-    except OSError as error:
-        raise LrwaError(f"config file {path} cannot be read ({error.strerror})") from None
-    except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark else ""
-        raise LrwaError(f"config file {path} is not valid YAML{where}") from None
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise LrwaError(f"config file {path} must hold a mapping of keys to values")
-    return data
+        return str(Path(value).expanduser().resolve())
+    except (OSError, ValueError, RuntimeError) as error:  # a NUL byte, a loop, no such ~user
+        raise LrwaError(f"config key '{key}' is {shown(value)}, not a usable path "
+                        f"({error})") from None
 
 
 def build_config(dataset: str | None, file_values: Mapping[str, Any] | None = None,
                  overrides: Mapping[str, Any] | None = None) -> DistillConfig:
-    """Defaults, then the dataset's preset, then the file, then explicit overrides."""
+    """Defaults, then the dataset's preset, then the file, then explicit overrides.
+
+    The file and the overrides are each checked on their own first, so a bad value in
+    the file is reported even when an override would have replaced it.
+    """
+    checked_values(file_values or {})
+    checked_values({key: value for key, value in (overrides or {}).items() if value is not None})
     layered: dict[str, Any] = dict(PRESETS.get(dataset or "", {}))
     layered.update(file_values or {})
     layered.update({key: value for key, value in (overrides or {}).items() if value is not None})

@@ -259,15 +259,22 @@ class _CifarUnpickler(pickle.Unpickler):
     """Unpickles a CIFAR batch and nothing else.
 
     A pickle can call any importable function while loading, so a tampered file would run
-    code on load. A genuine batch only needs numpy's array-rebuilding globals.
+    code on load. A genuine batch only needs numpy's array-rebuilding globals, and what
+    re-pickling it under Python 3 adds: `_codecs.encode(text, "latin1")`, which is how
+    protocol 2 writes bytes (accepted only in that exact form), and numpy's `_frombuffer`
+    of protocol 5. These are what torchvision's readers accept through a plain
+    `pickle.load`; none of them can reach anything else.
     """
 
     _ALLOWED = frozenset(
         {
             ("numpy.core.multiarray", "_reconstruct"),
             ("numpy._core.multiarray", "_reconstruct"),
+            ("numpy.core.numeric", "_frombuffer"),
+            ("numpy._core.numeric", "_frombuffer"),
             ("numpy", "ndarray"),
             ("numpy", "dtype"),
+            ("_codecs", "encode"),
         }
     )
 
@@ -280,15 +287,31 @@ class _CifarUnpickler(pickle.Unpickler):
             raise LrwaError(
                 f"refusing to unpickle {module}.{name} from {self._path}: not a plain CIFAR batch"
             )
+        if module == "_codecs":
+            return self._latin1_bytes
+        # Both spellings name one function; import it from wherever this numpy keeps it,
+        # since `numpy.core` is a deprecated alias on numpy 2 and `numpy._core` is new in 2.
         if name == "_reconstruct":
-            # Both spellings name one function; import it from wherever this numpy keeps it,
-            # since `numpy.core` is a deprecated alias on numpy 2 and `numpy._core` is new in 2.
             try:
                 from numpy._core.multiarray import _reconstruct
             except ImportError:  # numpy < 2
                 from numpy.core.multiarray import _reconstruct
             return _reconstruct
+        if name == "_frombuffer":
+            try:
+                from numpy._core.numeric import _frombuffer
+            except ImportError:  # numpy < 2
+                from numpy.core.numeric import _frombuffer
+            return _frombuffer
         return getattr(np, name)
+
+    def _latin1_bytes(self, *arguments: Any) -> bytes:
+        """`_codecs.encode` as protocol 2 uses it for bytes; any other use is refused."""
+        if (len(arguments) != 2 or not isinstance(arguments[0], str)
+                or arguments[1] not in ("latin1", "latin-1")):
+            raise LrwaError(f"refusing to unpickle _codecs.encode with other arguments than "
+                            f"(text, 'latin1') from {self._path}: not a plain CIFAR batch")
+        return arguments[0].encode("latin1")
 
 
 def _read_cifar_batch(path: str, label_key: str) -> tuple[np.ndarray, np.ndarray]:

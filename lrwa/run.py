@@ -1,11 +1,23 @@
 """A single-process distillation run in an output folder: start, checkpoint, resume.
 
-The folder holds `config.yaml` (the resolved config), `checkpoint.pt` (the full
-training state after the last complete epoch), `metrics.parquet` (one row per
-epoch), `summary.json`, `learning_curve.png` and `student.pt` (the final
-student, in the teacher checkpoint format so `lrwa teacher eval` reads it).
-A folder that already holds a run is never overwritten: it is resumed with
-`resume=True` or refused.
+The folder holds `config.yaml` (the resolved config, its paths absolute so the run
+resumes from any working directory), `checkpoint.pt` (the full training state after the
+last complete epoch), `metrics.parquet` (one row per epoch), `summary.json`,
+`learning_curve.png` and `student.pt` (the final student, in the teacher checkpoint
+format so `lrwa teacher eval` reads it).
+
+- One writer: a run holds its folder (`folder_lock.hold_folder`) from start to end; a
+  second run into the same folder is refused at once, naming the first.
+- Never overwritten: a folder that holds a run is resumed (`resume=True`) or refused.
+  A folder whose run died before its first checkpoint holds only lrwa's own leftovers
+  (config.yaml, the lock file, temporaries): it may be started afresh, or resumed, which
+  starts from epoch 0 with its saved config. Temporaries of killed writes are removed
+  when a run starts.
+- Each epoch writes checkpoint.pt first, then metrics.parquet and summary.json, so the
+  table never lists an epoch the checkpoint does not hold. The last epoch's final files
+  (complete summary, plot, student.pt) are written before `on_epoch` sees that epoch.
+- Failures that are the user's to fix are one line: a non-finite loss, memory that
+  cannot be had for the batch, a full disk, a checkpoint from another run.
 """
 
 from __future__ import annotations
@@ -19,15 +31,20 @@ import torch
 import yaml
 
 import lrwa
-from lrwa.atomic import atomic_path, write_text
-from lrwa.config import DistillConfig, from_mapping, load_yaml
+from lrwa.atomic import is_temporary, write_text, write_with
+from lrwa.config import PATH_KEYS, DistillConfig, absolute_paths, from_mapping, resolved_path
 from lrwa.data import DatasetSpec, load_split
-from lrwa.distiller import Distiller, resolve_device
+from lrwa.distiller import Distiller, NonFiniteLoss, resolve_device
 from lrwa.errors import LrwaError
+from lrwa.folder_lock import LOCK_FILE, hold_folder
+from lrwa.generator import Generator
+from lrwa.models import build_model
+from lrwa.output_paths import check_folder
 from lrwa.provenance import versions
 from lrwa.sinks import plot_learning_curve, write_metrics, write_summary
 from lrwa.summary import curve_statistics
 from lrwa.teacher import Teacher, default_teacher, load_teacher, save_teacher
+from lrwa.yaml_files import clipped, load_yaml_mapping, shown
 
 CONFIG_FILE = "config.yaml"
 CHECKPOINT_FILE = "checkpoint.pt"
@@ -35,6 +52,10 @@ STUDENT_FILE = "student.pt"
 RUN_FORMAT = "lrwa-run/1"
 # Keys a resumed run may change: extending a run's length is the one common wish.
 RESUMABLE_CHANGES = {"epochs"}
+# What a run writes before its first checkpoint: a folder holding only these (and
+# temporaries) was never started, so a new run may use it.
+STARTUP_FILES = frozenset({CONFIG_FILE, LOCK_FILE})
+HOLDER = "lrwa distill"
 
 EpochCallback = Callable[[dict[str, Any]], None]
 
@@ -45,19 +66,48 @@ def resolve_teacher(config: DistillConfig, progress: bool = True) -> Teacher:
     return load_teacher(config.teacher, config.teacher_arch, config.dataset)
 
 
-def prepare_out_dir(out_dir: Path, resume: bool) -> None:
+def remove_temporaries(out_dir: Path) -> None:
+    """Delete the temporaries of writes that a kill interrupted (call while holding out_dir)."""
+    for path in out_dir.iterdir():
+        if is_temporary(path) and path.is_file():
+            path.unlink(missing_ok=True)
+
+
+def unstarted(out_dir: Path, startup_files: frozenset[str] = STARTUP_FILES) -> bool:
+    """True when `out_dir` is absent or holds nothing but a never-started run's leftovers."""
+    if not out_dir.exists():
+        return True
+    return all(path.name in startup_files or is_temporary(path) for path in out_dir.iterdir())
+
+
+def prepare_out_dir(out_dir: Path, resume: bool,
+                    startup_files: frozenset[str] = STARTUP_FILES) -> bool:
+    """Refuse a folder that does not fit the request; True when there is a checkpoint.
+
+    A new run needs a folder that is absent, empty or never started; a resume needs a
+    checkpoint, or the saved config of a run that died before its first one.
+    """
     if resume:
-        if not (out_dir / CHECKPOINT_FILE).is_file():
-            raise LrwaError(f"--resume: {out_dir} holds no run to resume (no {CHECKPOINT_FILE})")
-        return
-    if out_dir.exists() and any(out_dir.iterdir()):
+        if (out_dir / CHECKPOINT_FILE).is_file():
+            return True
+        if (out_dir / CONFIG_FILE).is_file() and unstarted(out_dir, startup_files):
+            return False
+        raise LrwaError(f"--resume: {out_dir} holds no run to resume (no {CHECKPOINT_FILE})")
+    if not unstarted(out_dir, startup_files):
         raise LrwaError(f"{out_dir} already holds files; pass --resume to continue that run "
                         "or choose another --out")
-    out_dir.mkdir(parents=True, exist_ok=True)
+    return False
 
 
 def saved_config(out_dir: Path) -> DistillConfig:
-    return from_mapping(load_yaml(out_dir / CONFIG_FILE))
+    return from_mapping(load_yaml_mapping(out_dir / CONFIG_FILE, "run config"))
+
+
+def _same_setting(key: str, saved: Any, requested: Any) -> bool:
+    if key in PATH_KEYS and isinstance(saved, str) and isinstance(requested, str):
+        # The same file by another path (relative, through a symlink) is the same setting.
+        return resolved_path(key, saved) == resolved_path(key, requested)
+    return saved == requested
 
 
 def reconcile_resume(out_dir: Path, overrides: Mapping[str, Any]) -> DistillConfig:
@@ -65,17 +115,18 @@ def reconcile_resume(out_dir: Path, overrides: Mapping[str, Any]) -> DistillConf
     saved = saved_config(out_dir)
     requested = saved.replace(**overrides)
     for key in overrides:
-        if key not in RESUMABLE_CHANGES and getattr(saved, key) != getattr(requested, key):
-            raise LrwaError(f"--resume: {out_dir} was run with {key}={getattr(saved, key)!r}, "
-                            f"not {getattr(requested, key)!r}; resume with the original settings")
-    return requested
+        before, after = getattr(saved, key), getattr(requested, key)
+        if key not in RESUMABLE_CHANGES and not _same_setting(key, before, after):
+            raise LrwaError(f"--resume: {out_dir} was run with {key}={shown(before)}, "
+                            f"not {shown(after)}; resume with the original settings")
+    return requested.replace(**{key: getattr(saved, key) for key in PATH_KEYS})
 
 
 def _save_checkpoint(out_dir: Path, distiller: Distiller, config: DistillConfig) -> None:
     payload = {"format": RUN_FORMAT, "config": config.to_dict(), "versions": versions(),
                "distiller": distiller.state_dict()}
-    with atomic_path(out_dir / CHECKPOINT_FILE) as temporary:
-        torch.save(payload, temporary)
+    # Through a stream: torch.save to a file name hides a full disk in a RuntimeError.
+    write_with(out_dir / CHECKPOINT_FILE, lambda stream: torch.save(payload, stream))
 
 
 def load_checkpoint(out_dir: Path) -> dict[str, Any]:
@@ -87,6 +138,30 @@ def load_checkpoint(out_dir: Path) -> dict[str, Any]:
     if not isinstance(payload, dict) or payload.get("format") != RUN_FORMAT:
         raise LrwaError(f"{out_dir / CHECKPOINT_FILE} is not an lrwa run checkpoint")
     return payload
+
+
+def _foreign(out_dir: Path, detail: str) -> LrwaError:
+    return LrwaError(f"{out_dir / CHECKPOINT_FILE} is not this run's checkpoint ({detail}); "
+                     f"it was written by another run or is damaged")
+
+
+def restore_checkpoint(distiller: Distiller, out_dir: Path, config: DistillConfig) -> None:
+    """Load checkpoint.pt into `distiller`, refusing one written for another config or model."""
+    payload = load_checkpoint(out_dir)
+    recorded = payload.get("config")
+    if not isinstance(recorded, dict):
+        raise _foreign(out_dir, "it records no config")
+    for key, value in config.to_dict().items():
+        # A key newer than the checkpoint is not recorded; config.yaml has its default too.
+        if key in recorded and key not in RESUMABLE_CHANGES and not _same_setting(
+                key, recorded[key], value):
+            raise _foreign(out_dir, f"it has {key}={shown(recorded[key])}, "
+                                    f"{CONFIG_FILE} has {shown(value)}")
+    try:
+        distiller.load_state_dict(payload["distiller"])
+    except (KeyError, TypeError, ValueError, RuntimeError, IndexError, AttributeError) as error:
+        first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise _foreign(out_dir, clipped(first_line)) from None
 
 
 def build_summary(history: Sequence[Mapping[str, Any]], teacher_acc: float,
@@ -118,47 +193,142 @@ def student_metadata(config: DistillConfig, spec: DatasetSpec, final_acc: float
             "seed": config.seed, "distilled_with": config.mode}
 
 
+def check_batches_fit(config: DistillConfig, spec: DatasetSpec, per_worker: str = "") -> None:
+    """Refuse batches that leave a training BatchNorm layer one value per channel.
+
+    BatchNorm in training needs two values per channel for a variance, and torch says so
+    only when the layer is reached, mid-run. The smallest batch the student trains on is
+    the replayed one when replay is on; the generator trains on the fresh batch. Both are
+    tried on models built on the meta device, which allocates no memory and does no work.
+    `per_worker` is said in the message for one worker's share of a data-parallel batch.
+    """
+    batches = {"batch_size": config.batch_size}
+    if config.replay != "none":
+        batches["the replayed batch (replay_ratio x batch_size)"] = config.replay_batch_size
+    name, smallest = min(batches.items(), key=lambda item: item[1])
+    with torch.device("meta"):
+        student = build_model(config.student, spec.channels, spec.image_size, spec.num_classes)
+        generator = Generator(config.latent_dim, spec.channels, spec.image_size,
+                              width=config.generator_width)
+        trials = ((config.student, student, torch.empty(smallest, spec.channels,
+                                                        spec.image_size, spec.image_size)),
+                  ("the generator", generator, torch.empty(config.batch_size, config.latent_dim)))
+        for model_name, model, inputs in trials:
+            try:
+                model.train()(inputs)
+            except ValueError as error:
+                if "more than 1 value per channel" not in str(error):
+                    raise
+                size = smallest if model is student else config.batch_size
+                which = name if model is student else "batch_size"
+                raise LrwaError(f"{which} {size}{per_worker} is too small for {model_name} on "
+                                f"{spec.name}: a BatchNorm layer gets one value per channel "
+                                "and cannot normalise; use a larger batch_size") from None
+
+
+def _out_of_memory(error: BaseException) -> bool:
+    if isinstance(error, (MemoryError, torch.OutOfMemoryError)):
+        return True
+    text = str(error)
+    return isinstance(error, RuntimeError) and ("can't allocate memory" in text
+                                                or "out of memory" in text)
+
+
 def run_distillation(config: DistillConfig | None, out_dir: str | Path, resume: bool = False,
                      overrides: Mapping[str, Any] | None = None, teacher: Teacher | None = None,
-                     on_epoch: EpochCallback | None = None, progress: bool = True,
-                     detach_inner: bool = False) -> dict[str, Any]:
+                     on_epoch: EpochCallback | None = None,
+                     progress: bool = True) -> dict[str, Any]:
     """Run `config` in a new `out_dir`, or resume the run there (`overrides`: explicit keys).
 
     Returns the summary dict.
     """
     out_dir = Path(out_dir)
-    prepare_out_dir(out_dir, resume)
-    if resume:
-        config = reconcile_resume(out_dir, overrides or {})
-    elif config is None:
-        raise ValueError("a new run needs a config")
-    teacher = teacher or resolve_teacher(config, progress=progress)
-    spec = teacher.spec
-    eval_images, eval_labels = load_split(spec.name, config.eval_split,
-                                          data_root=config.data_root,
-                                          download=config.download).tensors()
-    device = resolve_device(config.device)
-    distiller = Distiller(config, teacher.model, spec, eval_images.to(device), eval_labels,
-                          device=device, detach_inner=detach_inner)
-    if resume:
-        distiller.load_state_dict(load_checkpoint(out_dir)["distiller"])
-    else:
-        write_text(out_dir / CONFIG_FILE, yaml.safe_dump(config.to_dict(), sort_keys=False))
-    started = time.perf_counter() - sum(row["wall_s"] for row in distiller.history)
-    title = f"{config.mode} / {config.replay}: {teacher.metadata['arch']} -> {config.student}"
-    for row in distiller.epochs():
-        write_metrics(out_dir, distiller.history)
-        _save_checkpoint(out_dir, distiller, config)
-        write_summary(out_dir, build_summary(distiller.history, distiller.teacher_acc, config,
-                                             teacher, time.perf_counter() - started,
-                                             complete=False))
-        if on_epoch is not None:
-            on_epoch(row)
-    summary = build_summary(distiller.history, distiller.teacher_acc, config, teacher,
-                            time.perf_counter() - started, complete=True)
-    write_summary(out_dir, summary)
-    plot_learning_curve(out_dir, distiller.history, title, distiller.teacher_acc)
-    save_teacher(Teacher(distiller.student.cpu(), student_metadata(config, spec,
-                                                                   summary["final_acc"])),
-                 out_dir / STUDENT_FILE)
-    return summary
+    check_folder(out_dir, "run folder")
+    with hold_folder(out_dir, HOLDER):
+        remove_temporaries(out_dir)
+        has_checkpoint = prepare_out_dir(out_dir, resume)
+        if resume:
+            config = reconcile_resume(out_dir, overrides or {})
+        elif config is None:
+            raise ValueError("a new run needs a config")
+        else:
+            config = absolute_paths(config)
+        teacher = teacher or resolve_teacher(config, progress=progress)
+        check_batches_fit(config, teacher.spec)
+        run = _Run(config, out_dir, teacher)
+        try:
+            return run.train(has_checkpoint, write_config=not resume, on_epoch=on_epoch)
+        except NonFiniteLoss as error:
+            raise NonFiniteLoss(f"{error}; {run.kept()}") from None
+        except Exception as error:
+            if not _out_of_memory(error):
+                raise
+            raise LrwaError(f"out of memory at batch_size {config.batch_size} "
+                            f"({type(error).__name__}); use a smaller batch_size; "
+                            f"{run.kept()}") from None
+
+
+class _Run:
+    """The training part of `run_distillation`, keeping what a failure message must tell."""
+
+    def __init__(self, config: DistillConfig, out_dir: Path, teacher: Teacher) -> None:
+        self.config, self.out_dir, self.teacher = config, out_dir, teacher
+        self.distiller: Distiller | None = None
+
+    def kept(self) -> str:
+        """What a failed run leaves to resume from: each completed epoch was checkpointed."""
+        if self.distiller is None or self.distiller.epoch == 0:
+            return "no epoch had completed, so nothing was saved"
+        return f"the last good checkpoint (epoch {self.distiller.epoch}) is kept"
+
+    def train(self, has_checkpoint: bool, write_config: bool,
+              on_epoch: EpochCallback | None) -> dict[str, Any]:
+        config, out_dir, teacher = self.config, self.out_dir, self.teacher
+        spec = teacher.spec
+        eval_images, eval_labels = load_split(spec.name, config.eval_split,
+                                              data_root=config.data_root,
+                                              download=config.download).tensors()
+        device = resolve_device(config.device)
+        self.distiller = distiller = Distiller(config, teacher.model, spec,
+                                               eval_images.to(device), eval_labels,
+                                               device=device)
+        if has_checkpoint:
+            restore_checkpoint(distiller, out_dir, config)
+            if config.epochs < distiller.epoch:
+                raise LrwaError(f"--resume: {out_dir} has already run {distiller.epoch} epochs; "
+                                f"epochs must be at least {distiller.epoch}, not "
+                                f"{config.epochs}")
+        if write_config:
+            write_text(out_dir / CONFIG_FILE, yaml.safe_dump(config.to_dict(), sort_keys=False))
+        started = time.perf_counter() - sum(row["wall_s"] for row in distiller.history)
+        title = f"{config.mode} / {config.replay}: {teacher.metadata['arch']} -> {config.student}"
+        summary = None
+        for row in distiller.epochs():
+            # The checkpoint first: the table and summary never list an epoch it lacks.
+            _save_checkpoint(out_dir, distiller, config)
+            write_metrics(out_dir, distiller.history)
+            wall = time.perf_counter() - started
+            if distiller.epoch == config.epochs:
+                # Before on_epoch, so a caller sees every file of the run for its last epoch.
+                summary = self._write_final(wall, title)
+            else:
+                write_summary(out_dir, build_summary(distiller.history, distiller.teacher_acc,
+                                                     config, teacher, wall, complete=False))
+            if on_epoch is not None:
+                on_epoch(row)
+        if summary is None:  # resumed a run that had already finished: nothing was trained
+            summary = self._write_final(time.perf_counter() - started, title)
+        return summary
+
+    def _write_final(self, wall: float, title: str) -> dict[str, Any]:
+        distiller, config, spec = self.distiller, self.config, self.teacher.spec
+        assert distiller is not None
+        summary = build_summary(distiller.history, distiller.teacher_acc, config, self.teacher,
+                                wall, complete=True)
+        write_summary(self.out_dir, summary)
+        plot_learning_curve(self.out_dir, distiller.history, title, distiller.teacher_acc)
+        student = build_model(config.student, spec.channels, spec.image_size, spec.num_classes)
+        student.load_state_dict(distiller.student.state_dict())  # a CPU copy; training goes on
+        save_teacher(Teacher(student, student_metadata(config, spec, summary["final_acc"])),
+                     self.out_dir / STUDENT_FILE)
+        return summary

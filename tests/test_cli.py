@@ -23,7 +23,8 @@ import yaml
 
 import lrwa
 from lrwa import run as run_module
-from lrwa.cli import main
+from lrwa import teacher as teacher_module
+from lrwa.cli import _explicit_overrides, build_parser, main
 from lrwa.teacher import load_teacher
 
 LRWA = Path(sys.executable).with_name("lrwa")
@@ -151,6 +152,49 @@ def test_teacher_train_will_not_overwrite_without_force(capsys: pytest.CaptureFi
     assert f"-> {out}" in ran.out
 
 
+def unusable_outputs(tmp_path: Path) -> dict[str, tuple[Path, str]]:
+    """Places no command can write, each with the reason its one-line error must give."""
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("mine")
+    loop = tmp_path / "loop"
+    loop.symlink_to(loop)
+    dangling = tmp_path / "dangling"
+    dangling.symlink_to(tmp_path / "gone")
+    return {
+        "device": (Path("/dev/null"), "it is a device"),
+        "under a file": (a_file / "run", f"{a_file} is a regular file, not a folder"),
+        "symlink loop": (loop / "run", f"{loop} is a symbolic link loop"),
+        "dangling symlink": (dangling, f"{dangling} is a symbolic link to nothing"),
+        # sysfs refuses new entries even to root, as a read-only mount would.
+        "unwritable": (Path("/sys/lrwa-test-run"), "/sys is not writable"),
+    }
+
+
+@pytest.mark.parametrize("case", ["device", "under a file", "symlink loop", "dangling symlink",
+                                  "unwritable", "a folder"])
+def test_teacher_train_refuses_an_unwritable_out_before_training(
+        capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        case: str) -> None:
+    def never_train(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the teacher was trained although it could not be saved")
+
+    monkeypatch.setattr(teacher_module, "train_teacher", never_train)
+    places = {**unusable_outputs(tmp_path), "a folder": (tmp_path, "is a folder")}
+    out, reason = places[case]
+    ran = run_cli(["teacher", "train", "--dataset", "digits", "--arch", "lenet5",
+                   "--out", out], capsys)
+    assert_user_error(ran, str(out), reason)
+    assert (tmp_path / "notes.txt").read_text() == "mine"
+
+
+@pytest.mark.parametrize("flags", [["--seed", "-1"], ["--seed", str(2**32)], ["--seed", "x"]])
+def test_teacher_train_refuses_a_seed_out_of_range(capsys: pytest.CaptureFixture[str],
+                                                   tmp_path: Path, flags: list[str]) -> None:
+    ran = run_cli(["teacher", "train", "--dataset", "digits", "--arch", "lenet5", *flags,
+                   "--out", tmp_path / "t.pt"], capsys)
+    assert_user_error(ran, "argument --seed")
+
+
 # ---------------------------------------------------------------- lrwa teacher eval
 
 
@@ -219,6 +263,78 @@ def test_distill_refuses_bad_flags(capsys: pytest.CaptureFixture[str], tmp_path:
     ran = run_cli(["distill", "--teacher", teacher_file, "--out", out, *flags], capsys)
     assert_user_error(ran, *phrases)
     assert not out.exists() or not any(out.iterdir())  # nothing half-written
+
+
+@pytest.mark.parametrize("case", ["device", "under a file", "symlink loop", "dangling symlink",
+                                  "unwritable", "a file"])
+def test_distill_refuses_an_unusable_out_in_one_line(capsys: pytest.CaptureFixture[str],
+                                                     tmp_path: Path, teacher_file: Path,
+                                                     case: str) -> None:
+    places = {**unusable_outputs(tmp_path), "a file": (tmp_path / "notes.txt", "a regular file")}
+    out, reason = places[case]
+    ran = run_cli(["distill", "--teacher", teacher_file, "--out", out], capsys)
+    assert_user_error(ran, f"--out {out} cannot be used", reason)
+    ran = run_cli(["distill", "--teacher", teacher_file, "--out", tmp_path / "run", "--workers",
+                   "2", "--storage", out], capsys)
+    assert_user_error(ran, f"--storage {out} cannot be used", reason)
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize(("flags", "phrase"), [
+    (["--gpus-per-worker", "nan"], ("argument --gpus-per-worker: must be a finite number of "
+                                    "at least 0, got nan")),
+    (["--gpus-per-worker", "inf"], "got inf"),
+    (["--gpus-per-worker", "-1"], "got -1"),
+    (["--gpus-per-worker", "lots"], "argument --gpus-per-worker: invalid float value: 'lots'"),
+    (["--workers", "0"], "argument --workers: must be at least 1, got 0"),
+    (["--workers", "-2"], "argument --workers: must be at least 1, got -2"),
+    (["--workers", "2.5"], "argument --workers: invalid int value: '2.5'"),
+])
+def test_distill_refuses_numeric_flags_outside_the_config(capsys: pytest.CaptureFixture[str],
+                                                          tmp_path: Path, flags: list[str],
+                                                          phrase: str) -> None:
+    assert_user_error(run_cli(["distill", "--out", tmp_path / "run", *flags], capsys), phrase)
+
+
+def test_distill_reports_a_bad_config_value_that_a_flag_overrides(
+        capsys: pytest.CaptureFixture[str], tmp_path: Path, teacher_file: Path) -> None:
+    config = tmp_path / "bad.yaml"
+    config.write_text("alpha: fast\nepochs: 2\n")
+    for resume in ([], ["--resume"]):
+        ran = run_cli(["distill", "--teacher", teacher_file, "--config", config, "--alpha", "0.5",
+                       "--out", tmp_path / "run", *resume], capsys)
+        assert_user_error(ran, "config key 'alpha' must be a float, got 'fast'")
+
+
+def test_distill_refuses_duplicate_keys_in_a_config_file(capsys: pytest.CaptureFixture[str],
+                                                         tmp_path: Path,
+                                                         teacher_file: Path) -> None:
+    config = tmp_path / "twice.yaml"
+    config.write_text("epochs: 2\nbatch_size: 32\nepochs: 20\n")
+    ran = run_cli(["distill", "--teacher", teacher_file, "--config", config,
+                   "--out", tmp_path / "run"], capsys)
+    assert_user_error(ran, f"config file {config} is refused at line 3: it repeats the key "
+                           "'epochs' (first at line 1)")
+
+
+def test_loss_form_flags_override_their_config_keys() -> None:
+    parser = build_parser()
+    typed = parser.parse_args(["distill", "--out", "r", "--replay-loss", "concatenated",
+                               "--detach-inner"])
+    assert _explicit_overrides(typed) == {"replay_loss": "concatenated", "detach_inner": True}
+    untyped = parser.parse_args(["distill", "--out", "r"])
+    assert _explicit_overrides(untyped) == {}  # the config file's values stand
+
+
+def test_distill_refuses_detach_inner_outside_the_meta_step(capsys: pytest.CaptureFixture[str],
+                                                            tmp_path: Path,
+                                                            teacher_file: Path) -> None:
+    ran = run_cli(["distill", "--teacher", teacher_file, "--mode", "joint", "--detach-inner",
+                   "--out", tmp_path / "run"], capsys)
+    assert_user_error(ran, "detach_inner changes only the meta step's theta'")
+    ran = run_cli(["distill", "--teacher", teacher_file, "--first-order", "--detach-inner",
+                   "--out", tmp_path / "run"], capsys)
+    assert_user_error(ran, "first_order and detach_inner cannot be combined")
 
 
 def test_distill_refuses_bad_teacher_files(capsys: pytest.CaptureFixture[str], tmp_path: Path,

@@ -19,6 +19,7 @@ from lrwa.config import (
     load_yaml,
 )
 from lrwa.errors import LrwaError
+from lrwa.yaml_files import MAX_BYTES, MAX_NODES, SHOWN_CHARACTERS, load_yaml_mapping, shown
 
 
 def refusal(values: dict, base: DistillConfig | None = None) -> str:
@@ -164,6 +165,19 @@ def test_replay_batch_is_at_least_one_sample() -> None:
     assert from_mapping({"replay_ratio": 1e-4, "batch_size": 8}).replay_batch_size == 1
 
 
+@pytest.mark.parametrize("mode", ["acquire", "joint"])
+def test_detach_inner_needs_the_meta_step(mode: str) -> None:
+    replay = "none" if mode == "acquire" else "memory"
+    message = refusal({"mode": mode, "replay": replay, "detach_inner": True})
+    assert f"detach_inner changes only the meta step's theta'; mode '{mode}' has none" in message
+    assert from_mapping({"mode": "meta", "detach_inner": True}).detach_inner is True
+
+
+def test_first_order_and_detach_inner_are_refused_together() -> None:
+    message = refusal({"mode": "meta", "first_order": True, "detach_inner": True})
+    assert message == "first_order and detach_inner cannot be combined; choose one"
+
+
 # ---------------------------------------------------------------- frozen, replace, round trip
 
 
@@ -224,6 +238,108 @@ def test_load_yaml_refuses_what_is_not_a_mapping(tmp_path, name: str, content: s
     assert message.startswith(f"config file {path} ")
     assert expected in message
     assert "\n" not in message
+
+
+def write(tmp_path, text: str, name: str = "config.yaml"):
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def yaml_refusal(path, what: str = "config file") -> str:
+    with pytest.raises(LrwaError) as caught:
+        load_yaml_mapping(path, what)
+    message = str(caught.value)
+    assert "\n" not in message and message.startswith(f"{what} {path} ")
+    return message
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("epochs: 3\nalpha: 0.5\nepochs: 30\n", ("at line 3: it repeats the key 'epochs' "
+                                             "(first at line 1)")),
+    ("study:\n  space:\n    alpha: 1\n    alpha: 2\n", "at line 4: it repeats the key 'alpha'"),
+    ("a: {x: 1, y: 2, x: 3}\n", "at line 1: it repeats the key 'x' (first at line 1)"),
+    ("1: a\n1.0: b\n", "repeats the key 1.0"),  # equal keys spelt two ways
+])
+def test_duplicate_keys_are_refused_at_any_depth(tmp_path, text: str, expected: str) -> None:
+    assert expected in yaml_refusal(write(tmp_path, text))
+
+
+def test_merge_keys_may_be_overridden_without_counting_as_duplicates(tmp_path) -> None:
+    path = write(tmp_path, "base: &base {alpha: 0.1, epochs: 3}\nrun:\n  <<: *base\n"
+                           "  alpha: 0.5\n")
+    assert load_yaml_mapping(path, "study file")["run"] == {"alpha": 0.5, "epochs": 3}
+
+
+def billion_laughs(levels: int = 9) -> str:
+    """YAML whose `epochs` expands to 10^(levels + 1) items through nested aliases."""
+    lines = ["l0: &l0 [1, 1, 1, 1, 1, 1, 1, 1, 1, 1]"]
+    for level in range(1, levels):
+        lines.append(f"l{level}: &l{level} [" + ", ".join([f"*l{level - 1}"] * 10) + "]")
+    lines.append("epochs: [" + ", ".join([f"*l{levels - 1}"] * 10) + "]")
+    return "\n".join(lines) + "\n"
+
+
+def test_aliases_that_multiply_are_refused(tmp_path) -> None:
+    message = yaml_refusal(write(tmp_path, billion_laughs()))
+    assert f"expands to more than {MAX_NODES} values" in message
+
+
+def test_an_alias_inside_the_collection_it_names_is_refused(tmp_path) -> None:
+    message = yaml_refusal(write(tmp_path, "epochs: &loop [1, *loop]\n"))
+    assert "has the alias *loop inside the collection it names" in message
+
+
+def test_modest_aliases_are_read(tmp_path) -> None:
+    path = write(tmp_path, "shared: &s [0.1, 0.3]\nalpha: *s\nbeta: *s\n")
+    assert load_yaml_mapping(path, "study file") == {"shared": [0.1, 0.3], "alpha": [0.1, 0.3],
+                                                     "beta": [0.1, 0.3]}
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("epochs: 3\n---\nepochs: 4\n", "is not valid YAML at line 2 (but found another document)"),
+    ("a: !!python/object/apply:os.system ['true']\n", "could not determine a constructor"),
+    ("a: " + "[" * 3000 + "]" * 3000 + "\n", "is nested too deeply to be a config"),
+    ("? [1, 2]\n: 3\n", "found unhashable key"),
+    ("epochs: " + "9" * 5000 + "\n", "is not valid YAML (Exceeds the limit (4300 digits)"),
+])
+def test_documents_lrwa_will_not_read(tmp_path, text: str, expected: str) -> None:
+    assert expected in yaml_refusal(write(tmp_path, text))
+
+
+def test_a_file_far_larger_than_a_config_is_refused_unread(tmp_path) -> None:
+    path = write(tmp_path, "comment: " + "x" * MAX_BYTES + "\n")
+    assert f"lrwa reads YAML files of at most {MAX_BYTES} bytes" in yaml_refusal(path)
+
+
+def test_shown_bounds_every_value() -> None:
+    huge = [0] * 10
+    for _ in range(9):
+        huge = [huge] * 10  # 10^10 items when walked, a few hundred objects in memory
+    for value in (huge, "x" * 10_000, {f"key{i}": i for i in range(1000)}, 10**500,
+                  {"deep": [[[[[["bottom"]]]]]]}):
+        text = shown(value)
+        assert len(text) <= SHOWN_CHARACTERS
+    assert shown("alpha") == "'alpha'" and shown(0.5) == "0.5"  # short values as repr gives them
+    assert shown(10**5000) == "<int of 16610 bits>"  # repr itself refuses ints this long
+
+
+def test_a_huge_aliased_value_under_a_known_key_is_reported_shortly() -> None:
+    # What a loader without an alias bound would hand over: 10^9 items behind one key.
+    huge = [1] * 10
+    for _ in range(8):
+        huge = [huge] * 10
+    for key in ("epochs", "mode", "alpha", "download", "teacher"):
+        message = refusal({key: huge})
+        assert message.startswith(f"config key '{key}' must be")
+        assert len(message) < 200
+
+
+def test_a_bad_value_in_a_file_is_reported_even_when_an_override_replaces_it() -> None:
+    with pytest.raises(LrwaError, match="config key 'alpha' must be a float, got 'fast'"):
+        build_config("digits", file_values={"alpha": "fast"}, overrides={"alpha": 0.5})
+    with pytest.raises(LrwaError, match=r"config key 'epochs' is 0; allowed range"):
+        build_config("digits", file_values={"epochs": 0}, overrides={"epochs": 3})
 
 
 def test_load_yaml_missing_file(tmp_path) -> None:

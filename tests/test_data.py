@@ -22,8 +22,7 @@ from lrwa import data
 from lrwa.data import DATASETS, ImageDataset, dataset_spec, load_split
 from lrwa.errors import LrwaError
 
-# Protocol 4 as Python 3 writes it; protocol 2 from Python 3 would route bytes through
-# `_codecs.encode`, which the real (Python 2) batches never reference and the reader refuses.
+# Protocol 4 as Python 3 writes it; protocols 2 and 5 have tests of their own.
 PICKLE_PROTOCOL = 4
 
 
@@ -270,6 +269,39 @@ def test_reads_python2_pickled_batch(tmp_path: Path) -> None:
     assert torch.equal(test.images, torch.from_numpy(images.reshape(3, 3, 32, 32)))
 
 
+@pytest.mark.parametrize("protocol", [2, 5])
+def test_reads_a_batch_repickled_by_python3(tmp_path: Path, protocol: int) -> None:
+    # Protocol 2 under Python 3 writes bytes as `_codecs.encode(text, "latin1")`; protocol 5
+    # rebuilds arrays with numpy's `_frombuffer`. torchvision's plain pickle.load reads both.
+    expected = write_fake_cifar10(tmp_path)
+    batch = {b"labels": expected["test_y"].tolist(),
+             b"data": expected["test_x"].reshape(len(expected["test_y"]), 3072)}
+    path = tmp_path / "cifar-10-batches-py" / "test_batch"
+    path.write_bytes(pickle.dumps(batch, protocol=protocol))
+    assert (b"_codecs" in path.read_bytes()) == (protocol == 2)
+    test = load_split("cifar10", "test", data_root=str(tmp_path))
+    assert test.labels.tolist() == expected["test_y"].tolist()
+    assert torch.equal(test.images, torch.from_numpy(expected["test_x"]))
+
+
+class _EncodesOtherwise:
+    """`_codecs.encode` with a codec other than latin1: not how any pickler writes bytes."""
+
+    def __reduce__(self) -> tuple[object, tuple[str, str]]:
+        import _codecs
+
+        return (_codecs.encode, ("payload", "rot13"))
+
+
+def test_codecs_encode_is_accepted_only_as_protocol_2_writes_bytes(tmp_path: Path) -> None:
+    write_fake_cifar10(tmp_path)
+    path = tmp_path / "cifar-10-batches-py" / "test_batch"
+    path.write_bytes(pickle.dumps({b"data": np.zeros((1, 3072), np.uint8), b"labels": [0],
+                                   b"x": _EncodesOtherwise()}, protocol=2))
+    with pytest.raises(LrwaError, match=r"refusing to unpickle _codecs.encode .*test_batch"):
+        load_split("cifar10", "test", data_root=str(tmp_path))
+
+
 def test_svhn_label_ten_is_zero(tmp_path: Path) -> None:
     write_fake_svhn(tmp_path)
     test = load_split("svhn", "test", data_root=str(tmp_path))
@@ -345,8 +377,9 @@ class _RunsShell:
         return (os.system, (f"touch {self.marker}",))
 
 
+@pytest.mark.parametrize("protocol", [2, PICKLE_PROTOCOL])
 @pytest.mark.parametrize("payload", [_WritesMarker, _RunsShell])
-def test_malicious_batch_is_refused(payload: type, tmp_path: Path) -> None:
+def test_malicious_batch_is_refused(payload: type, tmp_path: Path, protocol: int) -> None:
     write_fake_cifar10(tmp_path / "root")
     # Sanity: the payload really does run under a plain pickle.load.
     armed = tmp_path / "armed"
@@ -355,7 +388,8 @@ def test_malicious_batch_is_refused(payload: type, tmp_path: Path) -> None:
 
     marker = tmp_path / "pwned"
     evil = {b"data": np.zeros((2, 3072), np.uint8), b"labels": [0, 1], b"x": payload(marker)}
-    dump(tmp_path / "root" / "cifar-10-batches-py" / "test_batch", evil)
+    path = tmp_path / "root" / "cifar-10-batches-py" / "test_batch"
+    path.write_bytes(pickle.dumps(evil, protocol=protocol))
     with pytest.raises(LrwaError, match=r"refusing to unpickle .*test_batch: not a plain CIFAR"):
         load_split("cifar10", "test", data_root=str(tmp_path / "root"))
     assert not marker.exists()

@@ -9,15 +9,18 @@ from __future__ import annotations
 
 import math
 import time
+from pathlib import Path
 
 import pandas as pd
 import pytest
+import ray
 import torch
 
 from lrwa.config import build_config
 from lrwa.data import load_split
 from lrwa.distiller import Distiller
 from lrwa.errors import LrwaError
+from lrwa.folder_lock import hold_folder
 from lrwa.models import build_model
 from lrwa.ray_train import per_worker_config, run_distributed
 from lrwa.ray_train.driver import FAIL_ONCE_ENV
@@ -92,6 +95,22 @@ def test_run_name_is_deterministic(tmp_path):
     assert run_name(tmp_path / "a") == run_name(tmp_path / "a") != run_name(tmp_path / "b")
 
 
+def test_a_held_run_folder_is_refused_before_any_worker_starts(tmp_path, teacher):
+    refused = pytest.raises(LrwaError, match=r"run is in use by lrwa distill \(host .+, pid ")
+    with hold_folder(tmp_path / "run", "lrwa distill"), refused:
+        _run(_config(), tmp_path / "run", teacher)
+
+
+def test_a_per_worker_batch_too_small_for_batchnorm_is_refused(tmp_path, teacher):
+    # 2 samples over 2 workers: each worker's resnet18 sees one value per channel at its
+    # last BatchNorm (8x8 digits are 1x1 there).
+    config = _config(student="resnet18", batch_size=2, replay_ratio=1.0, buffer_size=8)
+    with pytest.raises(LrwaError, match=r"batch_size 1 per worker \(2 workers\) is too small "
+                                        r"for resnet18 on digits"):
+        _run(config, tmp_path / "run", teacher)
+    assert not (tmp_path / "run" / "config.yaml").exists()
+
+
 def test_sync_batchnorm_on_cpu_is_refused(tmp_path, teacher):
     with pytest.raises(LrwaError, match="sync-batchnorm needs one whole GPU"):
         _run(_config(), tmp_path / "run", teacher, sync_batchnorm=True)
@@ -116,12 +135,26 @@ def test_more_than_the_cluster_has_fails_fast(tmp_path, teacher, workers, gpus, 
 # probed for grad_cos), meta second and first order in the parity test, joint with a
 # memory bank in the fault test. Every run costs about 12 s of Ray start-up on two cores.
 
-def test_acquire_with_generative_replay_on_two_workers(tmp_path, teacher):
+def test_acquire_with_generative_replay_on_two_workers(tmp_path, teacher, monkeypatch):
+    # Credentials in the driver's environment must not travel in a runtime_env, which Ray
+    # writes to its logs in clear text: workers get them from the provider's chain.
+    canary = "lrwa-canary-secret-4f1c"
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", canary)
+    monkeypatch.setenv("AWS_SESSION_TOKEN", canary)
     rows = []
+
+    def on_epoch(row):
+        rows.append((row["epoch"], (tmp_path / "student.pt").is_file()))
+
     summary = _run(_config(mode="acquire", replay="generative", grad_cos_every=1), tmp_path,
-                   teacher, on_epoch=rows.append)
+                   teacher, on_epoch=on_epoch)
     metrics = _assert_complete_run(tmp_path, epochs=2)
-    assert [row["epoch"] for row in rows] == [1, 2]  # streamed live to the driver
+    # Streamed live to the driver; the last epoch's after the final files are written.
+    assert rows == [(1, False), (2, True)]
+    logs = Path(ray._private.worker._global_node.get_logs_dir_path())
+    leaked = [path.name for path in logs.rglob("*") if path.is_file()
+              and canary.encode() in path.read_bytes()]
+    assert leaked == []
     assert summary["final_acc"] == pytest.approx(metrics["test_acc"].iloc[-1])
     assert load_teacher(tmp_path / "student.pt").metadata["arch"] == "lenet5-half"
     assert -1.0 <= metrics["grad_cos"].iloc[-1] <= 1.0

@@ -41,11 +41,14 @@ Decisions:
   (`worker.py`); a restarted or resumed worker restores rank 0's state and then its own
   replay, noise and RNG streams and BatchNorm buffers.
 - Who writes the run folder: the driver (with run.py's and sinks.py's writers), because
-  on a multi-node cluster its disk is where the user looks. Rank 0 streams each epoch's row to it through a queue actor, so
-  progress prints and metrics.parquet/summary.json update live; the final files
-  (metrics.parquet, summary.json, learning_curve.png, student.pt) are written from the
-  last checkpoint, whose history holds each epoch once. `Result.metrics_dataframe` is
-  not used: it keeps only reports that carried a checkpoint.
+  on a multi-node cluster its disk is where the user looks. It holds the folder for the
+  whole call (`lrwa.folder_lock`), as a single-process run does. Rank 0 streams each
+  epoch's row to it through a queue actor, so progress prints and
+  metrics.parquet/summary.json update live; the final files (metrics.parquet,
+  summary.json, learning_curve.png, student.pt) are written from the last checkpoint,
+  whose history holds each epoch once, before `on_epoch` sees the last epoch.
+  `Result.metrics_dataframe` is not used: it keeps only reports that carried a
+  checkpoint.
 - Faults: `FailureConfig(max_failures)`; a failed worker group restarts from the last
   checkpoint and re-runs the epochs after it, replacing (never duplicating) their rows.
 - Resume: Train V2 resumes a run by name and storage (`TorchTrainer.restore` is

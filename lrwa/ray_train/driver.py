@@ -1,15 +1,18 @@
 """`run_distributed`: checks, then one `TorchTrainer`, then the run folder.
 
 Everything that can be refused is refused before any worker starts: a batch or bank
-that does not split evenly over the workers, contradictory device flags, SyncBatchNorm
-where it cannot work, and more workers or GPUs than the Ray cluster has. Then one
-trainer runs `worker.train_worker` on every worker while the driver writes the rows
-rank 0 streams to it (`run_folder.Progress`), and the final files come from the last
-checkpoint (`run_folder.finish`).
+that does not split evenly over the workers, a per-worker batch too small for BatchNorm,
+contradictory device flags, SyncBatchNorm where it cannot work, and more workers or GPUs
+than the Ray cluster has. The driver holds the run folder (`folder_lock`) throughout,
+as a single-process run does. Then one trainer runs `worker.train_worker` on every
+worker while the driver writes the rows rank 0 streams to it (`run_folder.Progress`),
+and the final files come from the last checkpoint (`run_folder.finish`), written before
+`on_epoch` sees the last epoch.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import threading
 from collections.abc import Mapping
@@ -22,11 +25,15 @@ from ray.train.torch import TorchConfig, TorchTrainer
 from ray.util.queue import Queue
 
 from lrwa.atomic import write_text
-from lrwa.config import DistillConfig
+from lrwa.config import DistillConfig, absolute_paths
 from lrwa.data import load_split
 from lrwa.errors import LrwaError
+from lrwa.folder_lock import LOCK_FILE, hold_folder
+from lrwa.output_paths import check_folder
 from lrwa.ray_train.cluster import backend_for, ensure_ray, plan_cpus
 from lrwa.ray_train.run_folder import (
+    DEFAULT_STORAGE,
+    RUN_RECORD,
     EpochCallback,
     Progress,
     finish,
@@ -35,7 +42,16 @@ from lrwa.ray_train.run_folder import (
     write_record,
 )
 from lrwa.ray_train.worker import WorkerPlan, train_worker
-from lrwa.run import CONFIG_FILE, prepare_out_dir, reconcile_resume, resolve_teacher
+from lrwa.run import (
+    CONFIG_FILE,
+    HOLDER,
+    check_batches_fit,
+    prepare_out_dir,
+    reconcile_resume,
+    remove_temporaries,
+    resolve_teacher,
+    unstarted,
+)
 from lrwa.sinks import METRICS_FILE, read_metrics
 from lrwa.teacher import Teacher
 
@@ -71,8 +87,9 @@ def per_worker_config(config: DistillConfig, workers: int) -> DistillConfig:
 
 
 def _check_devices(config: DistillConfig, gpus_per_worker: float, sync_batchnorm: bool) -> None:
-    if gpus_per_worker < 0:
-        raise LrwaError(f"--gpus-per-worker must be at least 0, got {gpus_per_worker:g}")
+    if not math.isfinite(gpus_per_worker) or gpus_per_worker < 0:
+        raise LrwaError(f"--gpus-per-worker must be a finite number of at least 0, "
+                        f"got {gpus_per_worker:g}")
     if config.device == "cuda" and gpus_per_worker == 0:
         raise LrwaError("device 'cuda' with Ray workers needs --gpus-per-worker (e.g. 1)")
     if config.device == "cpu" and gpus_per_worker > 0:
@@ -125,7 +142,8 @@ def _trainer(plan: WorkerPlan, workers: int, cpus: float, gpus_per_worker: float
         scaling_config=ray.train.ScalingConfig(num_workers=workers, use_gpu=gpus_per_worker > 0,
                                                resources_per_worker=resources),
         run_config=ray.train.RunConfig(
-            name=record["name"], storage_path=record["storage"] or str(out_dir / "ray"),
+            name=record["name"],
+            storage_path=record["storage"] or str(out_dir / DEFAULT_STORAGE),
             failure_config=ray.train.FailureConfig(max_failures=max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=KEEP_CHECKPOINTS),
             logging_config=ray.train.LoggingConfig(log_level="WARNING")),
@@ -156,6 +174,15 @@ def _fit(trainer: TorchTrainer, queue: Queue, progress: Progress) -> ray.train.R
     return result
 
 
+def _startup_files(out_dir: Path) -> frozenset[str]:
+    """What a distributed run writes before its first checkpoint: config.yaml, the lock,
+    ray_run.json, and Ray's default storage as long as it holds no checkpoint."""
+    names = {CONFIG_FILE, LOCK_FILE, RUN_RECORD}
+    if not any((out_dir / DEFAULT_STORAGE).glob("*/epoch-*")):
+        names.add(DEFAULT_STORAGE)
+    return frozenset(names)
+
+
 def run_distributed(config: DistillConfig | None, out_dir: str | Path, *, workers: int,
                     gpus_per_worker: float = 0, storage: str | None = None,
                     resume: bool = False, overrides: Mapping[str, Any] | None = None,
@@ -177,33 +204,54 @@ def run_distributed(config: DistillConfig | None, out_dir: str | Path, *, worker
         raise LrwaError(f"--workers must be at least 1, got {workers}")
     if checkpoint_every < 1:
         raise LrwaError(f"checkpoint_every must be at least 1, got {checkpoint_every}")
+    check_folder(out_dir, "run folder")
+    with hold_folder(out_dir, HOLDER):
+        remove_temporaries(out_dir)
+        return _run_held(config, out_dir, workers=workers, gpus_per_worker=gpus_per_worker,
+                         storage=storage, resume=resume, overrides=overrides, teacher=teacher,
+                         on_epoch=on_epoch, sync_batchnorm=sync_batchnorm,
+                         checkpoint_every=checkpoint_every, max_failures=max_failures,
+                         cpus_per_worker=cpus_per_worker)
+
+
+def _run_held(config: DistillConfig | None, out_dir: Path, *, workers: int,
+              gpus_per_worker: float, storage: str | None, resume: bool,
+              overrides: Mapping[str, Any] | None, teacher: Teacher | None,
+              on_epoch: EpochCallback | None, sync_batchnorm: bool, checkpoint_every: int,
+              max_failures: int, cpus_per_worker: float | None) -> dict[str, Any]:
+    """`run_distributed` once the folder is held."""
+    startup_files = _startup_files(out_dir)
     if resume:
-        record = read_record(out_dir)
+        # A run killed before its first checkpoint may have no record yet: it starts anew.
+        died_early = ((out_dir / CONFIG_FILE).is_file() and not (out_dir / RUN_RECORD).is_file()
+                      and unstarted(out_dir, startup_files))
+        record = new_record(out_dir, storage, workers) if died_early else read_record(out_dir)
         config = reconcile_resume(out_dir, overrides or {})
         if workers != record["workers"]:
             raise LrwaError(f"--resume: {out_dir} was run with --workers {record['workers']}, "
                             f"not {workers}; each worker's streams live in its own shard")
         if storage is not None and storage != record["storage"]:
             raise LrwaError(f"--resume: {out_dir} keeps its checkpoints in "
-                            f"{record['storage'] or out_dir / 'ray'}, not {storage}")
+                            f"{record['storage'] or out_dir / DEFAULT_STORAGE}, not {storage}")
     elif config is None:
         raise ValueError("a new run needs a config")
     else:
+        prepare_out_dir(out_dir, resume=False, startup_files=startup_files)
+        config = absolute_paths(config)
         record = new_record(out_dir, storage, workers)
     local_config = per_worker_config(config, workers)
     _check_devices(config, gpus_per_worker, sync_batchnorm)
-    if not resume:
-        prepare_out_dir(out_dir, resume=False)
 
     ensure_ray()
     cpus = plan_cpus(workers, gpus_per_worker, cpus_per_worker)
     teacher = teacher or resolve_teacher(config)
+    check_batches_fit(local_config, teacher.spec, per_worker=f" per worker ({workers} workers)")
     # Loaded here and shipped to rank 0, so only the driver's machine needs the data.
     eval_split = load_split(teacher.spec.name, config.eval_split, data_root=config.data_root,
                             download=config.download)
     if not resume:
         write_text(out_dir / CONFIG_FILE, yaml.safe_dump(config.to_dict(), sort_keys=False))
-        write_record(out_dir, record)
+    write_record(out_dir, record)
 
     progress = Progress(out_dir, config, teacher, on_epoch, wall_before=record["wall_s"])
     if resume and (out_dir / METRICS_FILE).is_file():
@@ -218,4 +266,7 @@ def run_distributed(config: DistillConfig | None, out_dir: str | Path, *, worker
     result = _fit(trainer, queue, progress)
     record["wall_s"] = progress.wall()
     write_record(out_dir, record)
-    return finish(out_dir, result.checkpoint, workers, config, teacher, record["wall_s"])
+    summary = finish(out_dir, result.checkpoint, workers, config, teacher, record["wall_s"])
+    if progress.last_row is not None and on_epoch is not None:
+        on_epoch(progress.last_row)  # after the final files, as run_distillation does
+    return summary

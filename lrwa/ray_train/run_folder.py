@@ -3,8 +3,10 @@
 The driver writes it because on a multi-node cluster the driver's disk is where the
 user looks. While the trainer runs, rank 0 streams each epoch's row through a queue
 actor; `Progress` rewrites metrics.parquet and summary.json from them and calls
-`on_epoch`. When the trainer returns, `finish` writes the final files from the last
-checkpoint, whose history holds each epoch exactly once.
+`on_epoch`, except for the last epoch. When the trainer returns, `finish` writes the
+final files from the last checkpoint, whose history holds each epoch exactly once, and
+only then does the driver call `on_epoch` for the last epoch, so that a caller sees
+every file of the run for it (as with `run_distillation`).
 
 `ray_run.json` records what a resume needs and the config does not hold: the Ray run
 name, the storage, the number of workers, and the wall time of earlier calls.
@@ -36,6 +38,7 @@ from lrwa.teacher import Teacher, save_teacher
 
 RUN_RECORD = "ray_run.json"
 RUN_RECORD_FORMAT = "lrwa-ray-run/1"
+DEFAULT_STORAGE = "ray"  # Ray's storage inside the run folder, unless --storage says otherwise
 
 EpochCallback = Callable[[dict[str, Any]], None]
 
@@ -62,8 +65,11 @@ def read_record(out_dir: Path) -> dict[str, Any]:
                             "without --workers")
         raise LrwaError(f"--resume: {out_dir} holds no distributed run to resume "
                         f"(no {RUN_RECORD})")
-    record = json.loads(path.read_text())
-    if record.get("format") != RUN_RECORD_FORMAT:
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        record = None
+    if not isinstance(record, dict) or record.get("format") != RUN_RECORD_FORMAT:
         raise LrwaError(f"{path} is not an lrwa Ray run record")
     return record
 
@@ -88,6 +94,7 @@ class Progress:
     rows: dict[int, dict[str, Any]] = field(default_factory=dict)
     started: float = field(default_factory=time.perf_counter)
     errors: list[BaseException] = field(default_factory=list)
+    last_row: dict[str, Any] | None = None  # the last epoch's row, for on_epoch after finish
 
     def wall(self) -> float:
         return self.wall_before + time.perf_counter() - self.started
@@ -100,7 +107,9 @@ class Progress:
         write_metrics(self.out_dir, history)
         write_summary(self.out_dir, build_summary(history, message["teacher_acc"], self.config,
                                                   self.teacher, self.wall(), complete=False))
-        if self.on_epoch is not None:
+        if row["epoch"] == self.config.epochs:
+            self.last_row = row
+        elif self.on_epoch is not None:
             self.on_epoch(row)
 
     def drain(self, queue: Queue, stop: threading.Event) -> None:

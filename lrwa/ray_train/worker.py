@@ -43,6 +43,7 @@ from lrwa.ray_train.collectives import (
 )
 from lrwa.seeding import capture_rng_state, restore_rng_state
 from lrwa.teacher import Teacher
+from lrwa.yaml_files import clipped
 
 SHARD_FORMAT = "lrwa-ray-shard/1"
 
@@ -94,7 +95,10 @@ def load_shard(directory: Path, rank: int, workers: int) -> dict[str, Any]:
     except FileNotFoundError:
         raise LrwaError(f"checkpoint {directory} has no {path.name}: it was not written by "
                         f"{workers} workers") from None
-    if payload.get("format") != SHARD_FORMAT:
+    except Exception as error:  # noqa: BLE001 - any failure means the file cannot be trusted
+        raise LrwaError(f"{path} cannot be read ({type(error).__name__}); it may be "
+                        "corrupt") from None
+    if not isinstance(payload, dict) or payload.get("format") != SHARD_FORMAT:
         raise LrwaError(f"{path} is not an lrwa Ray Train checkpoint shard")
     if payload["workers"] != workers:
         raise LrwaError(f"checkpoint {directory} was written by {payload['workers']} workers, "
@@ -109,15 +113,24 @@ def _copy_buffers(module: nn.Module, saved: dict[str, torch.Tensor]) -> None:
 
 
 def restore_shard(distiller: Distiller, directory: Path, rank: int, workers: int) -> None:
-    distiller.load_state_dict(load_shard(directory, 0, workers)["distiller"])
-    if rank == 0:
-        return
-    own = load_shard(directory, rank, workers)
-    distiller.replay.load_state_dict(own["replay"])
-    distiller.noise.set_state(own["noise"])
-    restore_rng_state(own["rng"])
-    _copy_buffers(distiller.student, own["student_buffers"])
-    _copy_buffers(distiller.generator, own["generator_buffers"])
+    """Restore rank 0's state, then this rank's own; a shard of another run is one line."""
+    main, own = load_shard(directory, 0, workers), None
+    if rank != 0:
+        own = load_shard(directory, rank, workers)
+    try:
+        distiller.load_state_dict(main["distiller"])
+        if own is None:
+            return
+        distiller.replay.load_state_dict(own["replay"])
+        distiller.noise.set_state(own["noise"])
+        restore_rng_state(own["rng"])
+        _copy_buffers(distiller.student, own["student_buffers"])
+        _copy_buffers(distiller.generator, own["generator_buffers"])
+    except (KeyError, TypeError, ValueError, RuntimeError, IndexError, AttributeError) as error:
+        first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise LrwaError(f"checkpoint {directory} does not fit this run "
+                        f"({clipped(first_line)}); it was written by another run or is "
+                        "damaged") from None
 
 
 def _maybe_fail(plan: WorkerPlan, rank: int, workers: int, next_epoch: int) -> None:
