@@ -1,36 +1,16 @@
-"""Study files: the strict schema of a hyperparameter study and its resolved form.
+"""Study files: the schema of a hyperparameter study, and the study it resolves to.
 
-A study file is YAML with these top-level keys (see `tune_studies/quickstart.yaml`):
-
-    name, description        folder name under the storage; free text
-    base                     DistillConfig keys shared by every trial
-    space                    searched DistillConfig keys, each {type, low, high, log, step,
-                             choices}; type is loguniform, uniform, int or categorical;
-                             `variant: {type: categorical, choices: [...]}` picks one of
-    variants                 named bundles of DistillConfig keys laid over `base` (e.g. the
-                             systems a comparison runs: {mb-dfkd: {mode: joint, ...}})
-    objective                {metric, direction}, or a list of two for a Pareto front
-    budget                   {trials, time_budget_s, max_concurrent}
-    resources                per trial {cpus, gpus, workers}; cpus/gpus are per worker;
-                             workers > 1 runs each trial data parallel with Ray Train
-    sampler                  {type: tpe|random|grid, n_startup_trials}; seeded from `seed`;
-                             grid runs every combination of the (categorical) space once
-    scheduler                none, or {type: asha, grace_period, reduction_factor}
-    points_to_evaluate       configurations tried first (missing keys come from `base`)
-    seed                     sampler seed, and the trials' seed unless `base` names one
-    smoke                    {base, budget, resources} overrides for `--smoke`
-    loggers                  {mlflow: {tracking_uri, experiment}}: Ray Tune's MLflow logger
-                             (TensorBoard event files are always written by Ray)
-
-Unknown keys anywhere fail with an `LrwaError` naming the key path, and so does
-every value a trial could not run with: the base config, each end of each range
-and each choice go through `lrwa.config.from_mapping`, and so does every corner
-of the space, so a study that starts will not fail on a config error later.
-The base is resolved the way `lrwa distill` resolves a run: defaults, then the
-data set's preset, then `base`; `teacher` and `data_root` become absolute paths.
-With workers > 1 the keys Ray Train splits over workers (batch, bank and
-insertion sizes) must divide by the worker count, so searched ones step by it.
-The resolved study's hash guards resumption.
+A study file is YAML (see `tune_studies/quickstart.yaml`). `StudyFile` and its sections are
+its schema, declared with pydantic: unknown keys at any depth, wrong types and numbers out
+of range are refused there. What needs `DistillConfig` is checked as the file resolves into
+a `Study`: the base config, each end of each range, each choice, each variant, every corner
+of the space and every point to evaluate go through `lrwa.config.from_mapping`, so a study
+that starts will not fail on a config error later. The base is resolved the way `lrwa
+distill` resolves a run: defaults, then the data set's preset, then `base`; `teacher` and
+`data_root` become absolute paths. With workers > 1 the keys Ray Train splits over workers
+(batch, bank and insertion sizes) must divide by the worker count, so searched ones step by
+it. Every problem is one LrwaError line, "study <file>: <key path>: <what is wrong>":
+pydantic's own report never reaches the user. The resolved study's hash guards resumption.
 """
 
 from __future__ import annotations
@@ -44,39 +24,36 @@ import math
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-from lrwa.config import PRESETS, DistillConfig, from_mapping
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
+
+from lrwa.config import PATH_KEYS, PRESETS, DistillConfig, from_mapping, resolved_path
 from lrwa.errors import LrwaError
-from lrwa.yaml_files import load_yaml_mapping, shown
+from lrwa.tune.layout import OBJECTIVE_METRICS
+from lrwa.yaml_files import clipped, load_yaml_mapping, shown
 
 # The shipped study files: the repository's tune_studies/, installed as lrwa.studies.
 STUDIES_PACKAGE = "lrwa.studies"
-METRICS = ("best_acc", "mean_acc", "final_acc", "var_acc", "max_drop")
-DIRECTIONS = ("max", "min")
-SPACE_TYPES = ("loguniform", "uniform", "int", "categorical")
-SAMPLERS = ("tpe", "random", "grid")
 VARIANT = "variant"  # the space key that picks one of `variants`
 # Keys that name where things are rather than how a run behaves: never searched.
 UNSEARCHABLE = ("teacher", "teacher_arch", "dataset", "data_root", "download", "device")
 MAX_CORNERS = 4096
-NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 CONFIG_KEYS = tuple(f.name for f in dataclasses.fields(DistillConfig))
-
-TOP_KEYS = ("name", "description", "base", "space", "objective", "budget", "resources",
-            "sampler", "scheduler", "points_to_evaluate", "seed", "smoke", "variants",
-            "loggers")
-LOGGER_KEYS = ("mlflow",)
-MLFLOW_KEYS = ("tracking_uri", "experiment")
-SPACE_KEYS = ("type", "low", "high", "log", "choices", "step")
 # lrwa.ray_train gives each of N workers 1/N of these: with workers > 1 they must split.
 SPLIT_KEYS = ("batch_size", "buffer_size", "insert_size")
-BUDGET_KEYS = ("trials", "time_budget_s", "max_concurrent")
-RESOURCE_KEYS = ("cpus", "gpus", "workers")
-SAMPLER_KEYS = ("type", "n_startup_trials")
-SCHEDULER_KEYS = ("type", "grace_period", "reduction_factor")
-SMOKE_KEYS = ("base", "budget", "resources")
 
 # `--smoke`: two trials of two tiny epochs on one CPU, enough to prove the plumbing.
 SMOKE_BASE: dict[str, Any] = {
@@ -87,6 +64,160 @@ SMOKE_BASE: dict[str, Any] = {
 SMOKE_BUDGET: dict[str, Any] = {"trials": 2, "time_budget_s": None, "max_concurrent": 2}
 SMOKE_RESOURCES: dict[str, Any] = {"cpus": 1, "gpus": 0, "workers": 1}
 
+
+# -- the schema: shapes, types and ranges -------------------------------------------------
+
+def _known_keys(raw: Any, known: tuple[str, ...]) -> dict[Any, Any]:
+    """A section's mapping (null is an empty one) naming only keys the schema knows."""
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise PydanticCustomError("mapping", "must be a mapping, got {kind}",
+                                  {"kind": type(raw).__name__})
+    for key in raw:
+        if key not in known:
+            raise PydanticCustomError("unknown_key", "unknown key",
+                                      {"key": str(key), "known": ", ".join(known)})
+    return raw
+
+
+def _keys(known: tuple[str, ...]) -> Any:
+    """A mapping of `known` keys whose values are checked later (config keys, smoke)."""
+    return Annotated[dict[Any, Any], BeforeValidator(lambda raw: _known_keys(raw, known))]
+
+
+def _folder_name(name: Any) -> str:
+    if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name):
+        raise ValueError(f"must be a folder name of letters, digits, '.', '_' or '-', "
+                         f"got {shown(name)}")
+    return name
+
+
+def _searchable(name: Any) -> Any:
+    if name != VARIANT and name not in CONFIG_KEYS:
+        raise ValueError(f"'{_one_line(name)}' is not a DistillConfig key")
+    if name in UNSEARCHABLE:
+        raise ValueError(f"'{name}' says where things are and cannot be searched")
+    return name
+
+
+def _no_credentials(uri: str | None) -> str | None:
+    # They would land in study.json; MLflow reads them from the environment instead. A URL
+    # urlsplit cannot read fails here too, in its words (ValueError).
+    if uri and "@" in urlsplit(uri).netloc:
+        raise ValueError("must not carry credentials; set MLFLOW_TRACKING_USERNAME and "
+                         "MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN) in the "
+                         "environment instead")
+    return uri
+
+
+# YAML may write the integer 2 as 2.0; 2.5 stays a float for the int check to refuse.
+Whole = Annotated[int, BeforeValidator(
+    lambda value: int(value) if isinstance(value, float) and value.is_integer() else value)]
+FolderName = Annotated[Any, AfterValidator(_folder_name)]
+ConfigKeys = _keys(CONFIG_KEYS)
+
+
+class _Section(BaseModel):
+    """Known keys with strict types ('2' is no number, true no integer). A section left out
+    or null is an empty mapping, so it takes its defaults (hence the `= None` below)."""
+
+    model_config = ConfigDict(strict=True, extra="forbid", allow_inf_nan=False,
+                              validate_default=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _only_known_keys(cls, raw: Any) -> dict[Any, Any]:
+        return _known_keys(raw, tuple(cls.model_fields))
+
+
+class Objective(_Section):
+    model_config = ConfigDict(frozen=True)
+    metric: Literal[OBJECTIVE_METRICS]
+    direction: Literal["max", "min"]
+
+    @property
+    def mode(self) -> str:
+        return self.direction
+
+
+class SpaceEntry(_Section):
+    """One searched key: a range (loguniform, uniform, int) or a list of choices."""
+
+    type: Literal["loguniform", "uniform", "int", "categorical"]
+    low: float | None = None
+    high: float | None = None
+    log: bool | None = None  # left out: true for loguniform only
+    choices: list[Any] | None = None
+    step: Whole | None = Field(None, ge=1)  # int ranges only: low, low + step, ..., high
+
+
+class Budget(_Section):
+    trials: Whole = Field(ge=1, le=100_000)
+    time_budget_s: float | None = Field(None, gt=0)  # per invocation, so not in the hash
+    max_concurrent: Whole = Field(1, ge=1, le=10_000)
+
+
+class Resources(_Section):
+    """Per trial; cpus and gpus per worker, workers > 1 runs it data parallel (Ray Train)."""
+
+    cpus: float = Field(1.0, gt=0)
+    gpus: float = Field(0.0, ge=0)
+    workers: Whole = Field(1, ge=1, le=1024)
+
+
+class Sampler(_Section):
+    """Seeded from the study's seed; grid runs every combination of a categorical space."""
+
+    type: Literal["tpe", "random", "grid"] = "tpe"
+    n_startup_trials: Whole = Field(10, ge=0, le=100_000)
+
+
+class Scheduler(_Section):
+    type: Literal["asha", "none"]
+    grace_period: Whole = Field(1, ge=1)  # at most the base's epochs
+    reduction_factor: float = Field(2.0, gt=1)
+
+
+class Mlflow(_Section):
+    """Ray Tune's MLflow logger (Ray always writes TensorBoard event files)."""
+
+    tracking_uri: Annotated[str | None, AfterValidator(_no_credentials)] = None
+    experiment: str | None = None
+
+
+class Loggers(_Section):
+    mlflow: Mlflow | None = None
+
+
+class Smoke(_Section):
+    """Overrides for `--smoke`, over SMOKE_BASE, SMOKE_BUDGET and SMOKE_RESOURCES."""
+
+    base: ConfigKeys = None
+    budget: _keys(tuple(Budget.model_fields)) = None
+    resources: _keys(tuple(Resources.model_fields)) = None
+
+
+class StudyFile(_Section):
+    name: FolderName = None  # the study's folder under the storage
+    description: str | None = None
+    base: ConfigKeys = None  # DistillConfig keys shared by every trial
+    space: dict[Annotated[Any, AfterValidator(_searchable)], SpaceEntry] | None = None
+    objective: Any = None  # one Objective, or a list of two for a Pareto front
+    budget: Budget = None
+    resources: Resources = None
+    sampler: Sampler = None
+    scheduler: Annotated[Scheduler, BeforeValidator(
+        lambda raw: {"type": "none"} if raw is None or raw == "none" else raw)] = None
+    points_to_evaluate: list[Any] | None = None  # tried first; missing keys come from base
+    seed: Whole = Field(0, ge=0, le=2**32 - 1)  # the sampler's; the trials' unless in base
+    smoke: Smoke = None
+    # Named bundles of DistillConfig keys laid over base, picked by space.variant.
+    variants: dict[FolderName, ConfigKeys] | None = None
+    loggers: Loggers = None
+
+
+# -- the resolved study --------------------------------------------------------------------
 
 @dataclasses.dataclass(frozen=True)
 class Parameter:
@@ -105,8 +236,8 @@ class Parameter:
             return value in self.choices
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             return False
-        if self.type == "int" and not float(value).is_integer():
-            return False
+        if self.type == "int" and isinstance(value, float) and not value.is_integer():
+            return False  # an int is whole already (and float() of a huge one overflows)
         if self.step and (value - self.low) % self.step:
             return False
         return self.low <= value <= self.high
@@ -118,16 +249,6 @@ class Parameter:
         kind = "int" if self.type == "int" else "float"
         step = f" step {self.step}" if self.step else ""
         return f"{scale}{kind} in [{self.low:g}, {self.high:g}]{step}"
-
-
-@dataclasses.dataclass(frozen=True)
-class Objective:
-    metric: str
-    direction: str
-
-    @property
-    def mode(self) -> str:
-        return self.direction
 
 
 @dataclasses.dataclass(frozen=True)
@@ -191,7 +312,7 @@ class Study:
         data["space"] = {p.name: {key: value for key, value in dataclasses.asdict(p).items()
                                   if key != "name" and value is not None}
                          for p in self.space}
-        data["objectives"] = [dataclasses.asdict(o) for o in self.objectives]
+        data["objectives"] = [o.model_dump() for o in self.objectives]
         data["points_to_evaluate"] = [dict(point) for point in self.points_to_evaluate]
         return json.loads(json.dumps(data, default=list))
 
@@ -213,6 +334,8 @@ class Study:
         data["budget"] = {**SMOKE_BUDGET, **self.smoke.get("budget", {})}
         data["resources"] = {**SMOKE_RESOURCES, **self.smoke.get("resources", {})}
         data["scheduler"] = "none"
+        if self.sampler == "grid":  # two trials cannot run a whole grid: two random points
+            data["sampler"] = {**data["sampler"], "type": "random"}
         trials = data["budget"]["trials"]
         data["points_to_evaluate"] = data["points_to_evaluate"][:trials]
         data.pop("smoke", None)
@@ -220,14 +343,15 @@ class Study:
 
 
 def _raw_of(study: Study) -> dict[str, Any]:
-    """A study file mapping that parses back to `study` (used to derive variants)."""
+    """A study file mapping that parses back to `study`: smoke variants derive from the
+    resolved study (its filled points, its worker steps), not from the file."""
     return {
         "name": study.name, "description": study.description, "base": dict(study.base),
         "space": {p.name: {k: list(v) if isinstance(v, tuple) else v
                            for k, v in dataclasses.asdict(p).items()
                            if k != "name" and v is not None and not (k == "log" and not v)}
                   for p in study.space},
-        "objective": [dataclasses.asdict(o) for o in study.objectives],
+        "objective": [o.model_dump() for o in study.objectives],
         "budget": {"trials": study.trials, "time_budget_s": study.time_budget_s,
                    "max_concurrent": study.max_concurrent},
         "resources": {"cpus": study.cpus, "gpus": study.gpus, "workers": study.workers},
@@ -274,64 +398,76 @@ def load_study_file(name_or_path: str | Path) -> Study:
     return parse_study(data, str(path))
 
 
-# -- checking one value at a time ----------------------------------------------------------
-
-class _Checker:
-    """Builds one-line errors that name the study file and the key path."""
-
-    def __init__(self, source: str) -> None:
-        self.source = source
-
-    def fail(self, key_path: str, message: str) -> LrwaError:
-        where = f"{key_path}: " if key_path else ""
-        return LrwaError(f"study {self.source}: {where}{message}")
-
-    def mapping(self, key_path: str, value: Any, known: tuple[str, ...]) -> dict[str, Any]:
-        if value is None:
-            return {}
-        if not isinstance(value, dict):
-            raise self.fail(key_path, f"must be a mapping, got {type(value).__name__}")
-        for key in value:
-            if key not in known:
-                path = f"{key_path}.{key}" if key_path else str(key)
-                raise self.fail("", f"unknown key '{path}' (known: {', '.join(known)})")
-        return value
-
-    def integer(self, key_path: str, value: Any, low: int, high: int | None = None) -> int:
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or (
-                isinstance(value, float) and not value.is_integer()):
-            raise self.fail(key_path, f"must be an integer, got {shown(value)}")
-        if value < low or (high is not None and value > high):
-            bound = f"between {low} and {high}" if high is not None else f"at least {low}"
-            raise self.fail(key_path, f"must be {bound}, got {value}")
-        return int(value)
-
-    def number(self, key_path: str, value: Any, low: float, low_open: bool = False,
-               high: float | None = None) -> float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(
-                value):
-            raise self.fail(key_path, f"must be a number, got {shown(value)}")
-        if (value <= low if low_open else value < low) or (high is not None and value > high):
-            relation = "above" if low_open else "at least"
-            raise self.fail(key_path, f"must be {relation} {low:g}"
-                            + (f" and at most {high:g}" if high is not None else "")
-                            + f", got {value:g}")
-        return float(value)
-
-    def choice(self, key_path: str, value: Any, choices: tuple[str, ...]) -> str:
-        if value not in choices:
-            raise self.fail(key_path, f"is {shown(value)}; choose from: {', '.join(choices)}")
-        return value
-
-    def config(self, key_path: str, values: Mapping[str, Any],
-               base: DistillConfig | None = None) -> DistillConfig:
-        try:
-            return from_mapping(values, base=base)
-        except LrwaError as error:
-            raise self.fail(key_path, str(error)) from None
+def parse_study(data: Mapping[str, Any], source: str) -> Study:
+    try:
+        return _resolve(_validated(StudyFile, dict(data), ""), source)
+    except _Problem as problem:
+        raise LrwaError(f"study {source}: {problem}") from None
 
 
-# -- the base config -----------------------------------------------------------------------
+# -- resolving: the checks that need DistillConfig -----------------------------------------
+
+def _resolve(file: StudyFile, source: str) -> Study:
+    base = _resolve_base({"seed": file.seed, **file.base})
+    if not file.space:
+        raise _Problem("", "space is empty: name at least one DistillConfig key to search, "
+                       "e.g. alpha: {type: loguniform, low: 0.01, high: 2}")
+    variants = _variants(file.variants or {}, base)
+    space = tuple(_variant_parameter(entry, variants) if name == VARIANT
+                  else _parameter(str(name), entry, base) for name, entry in file.space.items())
+    if variants and VARIANT not in file.space:
+        raise _Problem("variants", f"are picked by space.{VARIANT}; add it to the space")
+    _check_corners(space, base, variants)
+    objectives = _objectives(file.objective)
+    scheduler = file.scheduler
+    if scheduler.type == "none" and scheduler.model_fields_set - {"type"}:
+        raise _Problem("scheduler", "grace_period and reduction_factor apply to asha only")
+    if scheduler.grace_period > base.epochs:
+        raise _Problem("scheduler.grace_period", f"must be between 1 and {base.epochs}, "
+                       f"got {scheduler.grace_period}")
+    if scheduler.type == "asha" and len(objectives) > 1:
+        raise _Problem("scheduler", "ASHA stops trials on one metric; a two-objective study "
+                       "needs scheduler: none")
+    budget, resources, mlflow = file.budget, file.resources, file.loggers.mlflow
+    if resources.gpus > 1 and not resources.gpus.is_integer():
+        raise _Problem("resources.gpus", f"a fraction of a GPU must be below 1, got "
+                       f"{resources.gpus:g}")
+    space = _split_over_workers(space, base, resources.workers)
+    points = _points(file.points_to_evaluate or [], space, base, variants)
+    if len(points) > budget.trials:
+        raise _Problem("points_to_evaluate", f"lists {len(points)} points but budget.trials "
+                       f"is {budget.trials}")
+    if file.sampler.type == "grid":
+        if any(parameter.type != "categorical" for parameter in space):
+            raise _Problem("sampler", "a grid runs categorical choices only; give each space "
+                           "entry type: categorical")
+        if points:
+            raise _Problem("points_to_evaluate", "a grid runs every point already")
+        size = math.prod(len(parameter.choices) for parameter in space)
+        if budget.trials != size:
+            raise _Problem("budget.trials", f"is {budget.trials} but the grid has {size} "
+                           "points (each runs once)")
+    return Study(
+        name=file.name, description=(file.description or "").strip(), base=base.to_dict(),
+        space=space, objectives=objectives, trials=budget.trials,
+        time_budget_s=budget.time_budget_s, max_concurrent=budget.max_concurrent,
+        cpus=resources.cpus, gpus=resources.gpus, workers=resources.workers,
+        sampler=file.sampler.type, n_startup_trials=file.sampler.n_startup_trials,
+        scheduler=scheduler.type, grace_period=scheduler.grace_period,
+        reduction_factor=scheduler.reduction_factor, points_to_evaluate=points,
+        seed=file.seed, smoke={key: value for key, value in file.smoke.model_dump().items()
+                               if value},
+        source=source, variants=variants,
+        mlflow=None if mlflow is None else {k: v for k, v in mlflow.model_dump().items() if v})
+
+
+def _config(key_path: str, values: Mapping[str, Any],
+            base: DistillConfig | None = None) -> DistillConfig:
+    try:
+        return from_mapping(values, base=base)
+    except LrwaError as error:
+        raise _Problem(key_path, str(error)) from None
+
 
 def _preset_dataset(base: Mapping[str, Any]) -> str | None:
     """The data set whose preset sits under `base`, as `lrwa distill` would pick it."""
@@ -350,23 +486,15 @@ def _preset_dataset(base: Mapping[str, Any]) -> str | None:
         return None
 
 
-def _resolve_base(check: _Checker, raw: Any) -> dict[str, Any]:
-    from lrwa.models import model_names
+def _resolve_base(raw: dict[str, Any]) -> DistillConfig:
+    _config("base", raw)  # the base alone, so its errors name its own keys
+    try:
+        base = {**raw, **{key: resolved_path(key, raw[key]) for key in PATH_KEYS
+                          if raw.get(key) is not None}}
+    except LrwaError as error:
+        raise _Problem("base", str(error)) from None
+    return _config("base", {**PRESETS.get(_preset_dataset(base) or "", {}), **base})
 
-    base = dict(check.mapping("base", raw, CONFIG_KEYS))
-    for key in ("teacher", "data_root"):
-        if base.get(key) is not None:
-            base[key] = str(Path(str(base[key])).expanduser().resolve())
-    check.config("base", base)  # the base alone, so its errors name its own keys
-    layered = {**PRESETS.get(_preset_dataset(base) or "", {}), **base}
-    config = check.config("base", layered)
-    if config.student not in model_names():
-        raise check.fail("base.student", f"unknown architecture {shown(config.student)} "
-                         f"(choose from: {', '.join(model_names())})")
-    return config.to_dict()
-
-
-# -- the search space ----------------------------------------------------------------------
 
 def field_kind(name: str) -> str:
     annotation = str(next(f for f in dataclasses.fields(DistillConfig) if f.name == name).type)
@@ -380,105 +508,85 @@ def _expand(values: Mapping[str, Any], variants: Mapping[str, Mapping[str, Any]]
     return {**variants.get(values.pop(VARIANT, None), {}), **values}
 
 
-def _variants(check: _Checker, raw: Any, base: DistillConfig) -> dict[str, dict[str, Any]]:
-    variants = check.mapping("variants", raw, tuple(raw or ()))
-    result = {}
-    for name, bundle in variants.items():
-        key_path = f"variants.{name}"
-        if not isinstance(name, str) or not NAME_PATTERN.match(name):
-            raise check.fail(key_path, "a variant's name is letters, digits, '.', '_' or '-'")
-        bundle = dict(check.mapping(key_path, bundle, CONFIG_KEYS))
+def _variants(raw: Mapping[str, dict[str, Any]], base: DistillConfig
+              ) -> dict[str, dict[str, Any]]:
+    for name, bundle in raw.items():
         for key in bundle:
             if key in UNSEARCHABLE:
-                raise check.fail(f"{key_path}.{key}", f"'{key}' says where things are and "
-                                 "belongs in base")
-        check.config(key_path, bundle, base)
-        result[name] = bundle
-    return result
+                raise _Problem(f"variants.{name}.{key}", f"'{key}' says where things are "
+                               "and belongs in base")
+        _config(f"variants.{name}", bundle, base)
+    return {name: dict(bundle) for name, bundle in raw.items()}
 
 
-def _variant_parameter(check: _Checker, raw: Any,
-                       variants: Mapping[str, Any]) -> Parameter:
-    entry = check.mapping(f"space.{VARIANT}", raw, SPACE_KEYS)
-    if entry.get("type") != "categorical" or set(entry) - {"type", "choices"}:
-        raise check.fail(f"space.{VARIANT}", "is {type: categorical, choices: [names from "
-                         "variants]}")
-    choices = entry.get("choices")
-    if not isinstance(choices, list) or not choices or len(set(map(str, choices))) != len(
-            choices):
-        raise check.fail(f"space.{VARIANT}.choices", "must list distinct variant names")
+def _variant_parameter(entry: SpaceEntry, variants: Mapping[str, Any]) -> Parameter:
+    if entry.type != "categorical" or entry.model_fields_set - {"type", "choices"}:
+        raise _Problem(f"space.{VARIANT}", "is {type: categorical, choices: [names from "
+                       "variants]}")
+    choices = entry.choices or []
+    if not choices or len(set(map(str, choices))) != len(choices):
+        raise _Problem(f"space.{VARIANT}.choices", "must list distinct variant names")
     for index, choice in enumerate(choices):
-        if choice not in variants:
-            raise check.fail(f"space.{VARIANT}.choices[{index}]", f"{shown(choice)} is not "
-                             f"in variants ({', '.join(variants) or 'none given'})")
+        if not isinstance(choice, str) or choice not in variants:
+            raise _Problem(f"space.{VARIANT}.choices[{index}]", f"{shown(choice)} is not in "
+                           f"variants ({', '.join(variants) or 'none given'})")
     return Parameter(VARIANT, "categorical", choices=tuple(choices))
 
 
-def _parameter(check: _Checker, name: str, raw: Any, base: DistillConfig) -> Parameter:
-    key_path = f"space.{name}"
-    if name not in CONFIG_KEYS:
-        raise check.fail(key_path, f"'{name}' is not a DistillConfig key")
-    if name in UNSEARCHABLE:
-        raise check.fail(key_path, f"'{name}' says where things are and cannot be searched")
-    entry = check.mapping(key_path, raw, SPACE_KEYS)
-    kind = check.choice(f"{key_path}.type", entry.get("type"), SPACE_TYPES)
-    kind_of_field = field_kind(name)
+def _parameter(name: str, entry: SpaceEntry, base: DistillConfig) -> Parameter:
+    key_path, kind = f"space.{name}", entry.type
     if kind == "categorical":
         for key in ("low", "high", "log", "step"):
-            if key in entry:
-                raise check.fail(f"{key_path}.{key}", "a categorical entry takes only 'choices'")
-        choices = entry.get("choices")
-        if not isinstance(choices, list) or not choices:
-            raise check.fail(f"{key_path}.choices", "must be a non-empty list")
-        if len({json.dumps(c) for c in choices}) != len(choices):
-            raise check.fail(f"{key_path}.choices", "lists a value twice")
+            if key in entry.model_fields_set:
+                raise _Problem(f"{key_path}.{key}", "a categorical entry takes only 'choices'")
+        choices = entry.choices or []
+        if not choices:
+            raise _Problem(f"{key_path}.choices", "must be a non-empty list")
+        if len({json.dumps(c, default=repr) for c in choices}) != len(choices):
+            raise _Problem(f"{key_path}.choices", "lists a value twice")
         for index, choice in enumerate(choices):
-            check.config(f"{key_path}.choices[{index}]", {name: choice}, base)
+            _config(f"{key_path}.choices[{index}]", {name: choice}, base)
         return Parameter(name, kind, choices=tuple(choices))
-    if "choices" in entry:
-        raise check.fail(f"{key_path}.choices", f"only categorical entries take choices, "
-                         f"not {kind}")
+    if entry.choices is not None:
+        raise _Problem(f"{key_path}.choices", f"only categorical entries take choices, "
+                       f"not {kind}")
+    kind_of_field = field_kind(name)
     if kind_of_field not in ("int", "float"):
-        raise check.fail(f"{key_path}.type", f"'{name}' is a {kind_of_field}: search it "
-                         "with type categorical")
+        raise _Problem(f"{key_path}.type", f"'{name}' is a {kind_of_field}: search it with "
+                       "type categorical")
     if kind_of_field == "int" and kind != "int":
-        raise check.fail(f"{key_path}.type", f"'{name}' is an integer: use type int")
+        raise _Problem(f"{key_path}.type", f"'{name}' is an integer: use type int")
+    cast = int if kind == "int" else float
     for key in ("low", "high"):
-        if key not in entry:
-            raise check.fail(key_path, f"a {kind} entry needs '{key}'")
-        if kind == "int":
-            check.integer(f"{key_path}.{key}", entry[key], low=-(2**62))
-        else:
-            check.number(f"{key_path}.{key}", entry[key], low=-math.inf)
+        end = getattr(entry, key)
+        if end is None:
+            raise _Problem(key_path, f"a {kind} entry needs '{key}'")
+        if kind == "int" and not end.is_integer():
+            raise _Problem(f"{key_path}.{key}", f"must be an integer, got {shown(end)}")
         # Each end on its own: a negative alpha or a ratio above 4 is named here.
-        check.config(f"{key_path}.{key}", {name: entry[key]}, base)
-    log = entry.get("log", kind == "loguniform")
-    if not isinstance(log, bool):
-        raise check.fail(f"{key_path}.log", f"must be true or false, got {shown(log)}")
+        _config(f"{key_path}.{key}", {name: cast(end)}, base)
+    log = kind == "loguniform" if entry.log is None else entry.log
     if kind == "loguniform" and not log:
-        raise check.fail(f"{key_path}.log", "a loguniform entry is always on a log scale")
-    low, high = entry["low"], entry["high"]
+        raise _Problem(f"{key_path}.log", "a loguniform entry is always on a log scale")
+    low, high, step = cast(entry.low), cast(entry.high), entry.step
     if low >= high:
-        raise check.fail(key_path, f"low {low:g} must be below high {high:g}"
-                         + (" (inverted range)" if low > high else ""))
+        raise _Problem(key_path, f"low {low:g} must be below high {high:g}"
+                       + (" (inverted range)" if low > high else ""))
     if log and low <= 0:
-        raise check.fail(f"{key_path}.low", f"a log-scale range needs low > 0, got {low:g}")
-    step = entry.get("step")
+        raise _Problem(f"{key_path}.low", f"a log-scale range needs low > 0, got {low:g}")
     if step is not None:
         if kind != "int":
-            raise check.fail(f"{key_path}.step", "only int entries take a step")
-        step = check.integer(f"{key_path}.step", step, 1)
+            raise _Problem(f"{key_path}.step", "only int entries take a step")
         if log:
-            raise check.fail(f"{key_path}.step", "Optuna cannot step a log-scale range")
+            raise _Problem(f"{key_path}.step", "Optuna cannot step a log-scale range")
         if (high - low) % step:
-            raise check.fail(f"{key_path}.step", f"high - low ({high - low}) is not a "
-                             f"multiple of step {step}")
-    cast = int if kind == "int" else float
-    return Parameter(name, kind, cast(low), cast(high), log, step=step)
+            raise _Problem(f"{key_path}.step", f"high - low ({high - low}) is not a multiple "
+                           f"of step {step}")
+    return Parameter(name, kind, low, high, log, step=step)
 
 
-def _split_over_workers(check: _Checker, space: tuple[Parameter, ...], base: DistillConfig,
-                        workers: int) -> tuple[Parameter, ...]:
+def _split_over_workers(space: tuple[Parameter, ...], base: DistillConfig, workers: int
+                        ) -> tuple[Parameter, ...]:
     """With data-parallel trials every value of a split key must divide by `workers`."""
     if workers == 1:
         return space
@@ -486,30 +594,30 @@ def _split_over_workers(check: _Checker, space: tuple[Parameter, ...], base: Dis
     for key in SPLIT_KEYS:
         value = getattr(base, key)
         if key not in searched and value % workers:
-            raise check.fail(f"base.{key}", f"{value} must split evenly over "
-                             f"resources.workers {workers}")
+            raise _Problem(f"base.{key}", f"{value} must split evenly over resources.workers "
+                           f"{workers}")
     result = []
     for parameter in space:
         if parameter.name in SPLIT_KEYS:
             key_path = f"space.{parameter.name}"
             values = parameter.choices or (parameter.low, parameter.high)
             if any(value % workers for value in values):
-                raise check.fail(key_path, f"every value must split evenly over "
-                                 f"resources.workers {workers}")
+                raise _Problem(key_path, f"every value must split evenly over "
+                               f"resources.workers {workers}")
             if parameter.type == "int":
                 if parameter.log:
-                    raise check.fail(key_path, f"with resources.workers {workers} the range "
-                                     f"needs a step of {workers}, and Optuna cannot step a "
-                                     "log scale: use log: false")
+                    raise _Problem(key_path, f"with resources.workers {workers} the range "
+                                   f"needs a step of {workers}, and Optuna cannot step a log "
+                                   "scale: use log: false")
                 if (parameter.step or workers) % workers:
-                    raise check.fail(f"{key_path}.step", f"must be a multiple of "
-                                     f"resources.workers {workers}")
+                    raise _Problem(f"{key_path}.step", f"must be a multiple of "
+                                   f"resources.workers {workers}")
                 parameter = dataclasses.replace(parameter, step=parameter.step or workers)
         result.append(parameter)
     return tuple(result)
 
 
-def _check_corners(check: _Checker, space: tuple[Parameter, ...], base: DistillConfig,
+def _check_corners(space: tuple[Parameter, ...], base: DistillConfig,
                    variants: Mapping[str, Mapping[str, Any]]) -> None:
     """Every combination of range ends and choices must be a valid config."""
     options = [p.choices if p.type == "categorical" else (p.low, p.high) for p in space]
@@ -521,184 +629,86 @@ def _check_corners(check: _Checker, space: tuple[Parameter, ...], base: DistillC
             from_mapping(_expand(values, variants), base=base)
         except LrwaError as error:
             corner = ", ".join(f"{k}={shown(v)}" for k, v in values.items())
-            raise check.fail("space", f"the corner {{{corner}}} is not a valid config: "
-                             f"{error}") from None
+            raise _Problem("space", f"the corner {{{corner}}} is not a valid config: "
+                           f"{error}") from None
 
 
-def _points(check: _Checker, raw: Any, space: tuple[Parameter, ...],
-            base: DistillConfig, variants: Mapping[str, Mapping[str, Any]]
-            ) -> tuple[dict[str, Any], ...]:
-    if raw is None:
-        return ()
-    if not isinstance(raw, list):
-        raise check.fail("points_to_evaluate", "must be a list of mappings")
+def _points(raw: list[Any], space: tuple[Parameter, ...], base: DistillConfig,
+            variants: Mapping[str, Mapping[str, Any]]) -> tuple[dict[str, Any], ...]:
     names = tuple(p.name for p in space)
     points = []
     for index, point in enumerate(raw):
         key_path = f"points_to_evaluate[{index}]"
-        point = check.mapping(key_path, point, names)
+        point = _validated(_keys(names), point, key_path)
         filled = {}
         for parameter in space:
             if parameter.name in point:
                 value = point[parameter.name]
                 if not parameter.contains(value):
-                    raise check.fail(f"{key_path}.{parameter.name}",
-                                     f"{shown(value)} is outside the space "
-                                     f"({parameter.describe()})")
+                    raise _Problem(f"{key_path}.{parameter.name}", f"{shown(value)} is "
+                                   f"outside the space ({parameter.describe()})")
             else:
                 value = getattr(base, parameter.name)
                 if not parameter.contains(value):
-                    raise check.fail(key_path, f"'{parameter.name}' is not given and the "
-                                     f"base value {shown(value)} is outside the space "
-                                     f"({parameter.describe()})")
+                    raise _Problem(key_path, f"'{parameter.name}' is not given and the base "
+                                   f"value {shown(value)} is outside the space "
+                                   f"({parameter.describe()})")
             filled[parameter.name] = int(value) if parameter.type == "int" else value
-        check.config(key_path, _expand(filled, variants), base)
+        _config(key_path, _expand(filled, variants), base)
         points.append(filled)
     return tuple(points)
 
 
-# -- the whole file ------------------------------------------------------------------------
-
-def _mlflow(check: _Checker, raw: Any) -> dict[str, str] | None:
-    """The MLflow logger's settings; a tracking URI may not carry credentials (they would
-    land in study.json): MLflow reads MLFLOW_TRACKING_USERNAME/PASSWORD or a token instead."""
-    loggers = check.mapping("loggers", raw, LOGGER_KEYS)
-    if loggers.get("mlflow") is None:
-        return None
-    entry = check.mapping("loggers.mlflow", loggers["mlflow"], MLFLOW_KEYS)
-    settings = {}
-    for key in MLFLOW_KEYS:
-        value = entry.get(key)
-        if value is not None and not isinstance(value, str):
-            raise check.fail(f"loggers.mlflow.{key}", f"must be text, got {shown(value)}")
-        if value:
-            settings[key] = value
-    uri = settings.get("tracking_uri", "")
-    if "@" in urlsplit(uri).netloc:
-        raise check.fail("loggers.mlflow.tracking_uri", "must not carry credentials; set "
-                         "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD (or "
-                         "MLFLOW_TRACKING_TOKEN) in the environment instead")
-    return settings
-
-
-def _objectives(check: _Checker, raw: Any) -> tuple[Objective, ...]:
-    entries = raw if isinstance(raw, list) else [raw]
-    if raw is None or not entries or len(entries) > 2:
-        raise check.fail("objective", "give one {metric, direction} or a list of two")
-    objectives = []
-    for index, entry in enumerate(entries):
-        key_path = "objective" if not isinstance(raw, list) else f"objective[{index}]"
-        entry = check.mapping(key_path, entry, ("metric", "direction"))
-        metric = check.choice(f"{key_path}.metric", entry.get("metric"), METRICS)
-        direction = check.choice(f"{key_path}.direction", entry.get("direction"), DIRECTIONS)
-        objectives.append(Objective(metric, direction))
+def _objectives(raw: Any) -> tuple[Objective, ...]:
+    """One {metric, direction}, or a list of two for a Pareto front; a lone one's errors
+    name objective.metric, not objective[0].metric, so each entry is validated alone."""
+    listed = isinstance(raw, list)
+    entries = raw if listed else [raw]
+    if raw is None or not 1 <= len(entries) <= 2:
+        raise _Problem("objective", "give one {metric, direction} or a list of two")
+    objectives = tuple(_validated(Objective, entry, f"objective[{index}]" if listed
+                                  else "objective") for index, entry in enumerate(entries))
     if len({o.metric for o in objectives}) != len(objectives):
-        raise check.fail("objective", "names the same metric twice")
-    return tuple(objectives)
+        raise _Problem("objective", "names the same metric twice")
+    return objectives
 
 
-def parse_study(data: Mapping[str, Any], source: str) -> Study:
-    check = _Checker(source)
-    data = check.mapping("", dict(data), TOP_KEYS)
-    name = data.get("name")
-    if not isinstance(name, str) or not NAME_PATTERN.match(name):
-        raise check.fail("name", f"must be a folder name of letters, digits, '.', '_' or "
-                         f"'-', got {shown(name)}")
-    description = data.get("description") or ""
-    if not isinstance(description, str):
-        raise check.fail("description", "must be text")
-    seed = check.integer("seed", data.get("seed", 0), 0, 2**32 - 1)
+# -- pydantic's first error, in one line ---------------------------------------------------
 
-    base_raw = data.get("base")
-    if base_raw is None or isinstance(base_raw, dict):
-        base_raw = {"seed": seed, **(base_raw or {})}
-    base = _resolve_base(check, base_raw)
-    base_config = from_mapping(base)
+class _Problem(Exception):
+    """A problem at a key path of the study file; `parse_study` names the file."""
 
-    space_raw = data.get("space")
-    if space_raw is not None and not isinstance(space_raw, dict):
-        raise check.fail("space", "must be a mapping of DistillConfig keys to distributions")
-    if not space_raw:
-        raise check.fail("", "space is empty: name at least one DistillConfig key to "
-                         "search, e.g. alpha: {type: loguniform, low: 0.01, high: 2}")
-    variants = _variants(check, data.get("variants"), base_config)
-    space = tuple(_variant_parameter(check, value, variants) if key == VARIANT
-                  else _parameter(check, str(key), value, base_config)
-                  for key, value in space_raw.items())
-    if variants and VARIANT not in space_raw:
-        raise check.fail("variants", f"are picked by space.{VARIANT}; add it to the space")
-    _check_corners(check, space, base_config, variants)
+    def __init__(self, key_path: str, message: str) -> None:
+        super().__init__(f"{key_path}: {message}" if key_path else message)
 
-    objectives = _objectives(check, data.get("objective"))
 
-    budget = check.mapping("budget", data.get("budget"), BUDGET_KEYS)
-    if "trials" not in budget:
-        raise check.fail("budget", "needs 'trials'")
-    trials = check.integer("budget.trials", budget["trials"], 1, 100_000)
-    time_budget = budget.get("time_budget_s")
-    if time_budget is not None:
-        time_budget = check.number("budget.time_budget_s", time_budget, 0.0, low_open=True)
-    max_concurrent = check.integer("budget.max_concurrent", budget.get("max_concurrent", 1),
-                                   1, 10_000)
+def _one_line(key: Any) -> str:
+    """A key as written, with a newline or tab in it escaped and a long one cut."""
+    return clipped(repr(str(key))[1:-1])
 
-    resources = check.mapping("resources", data.get("resources"), RESOURCE_KEYS)
-    cpus = check.number("resources.cpus", resources.get("cpus", 1), 0.0, low_open=True)
-    gpus = check.number("resources.gpus", resources.get("gpus", 0), 0.0)
-    workers = check.integer("resources.workers", resources.get("workers", 1), 1, 1024)
-    if gpus > 1 and not float(gpus).is_integer():
-        raise check.fail("resources.gpus", f"a fraction of a GPU must be below 1, got {gpus:g}")
-    space = _split_over_workers(check, space, base_config, workers)
 
-    sampler = check.mapping("sampler", data.get("sampler"), SAMPLER_KEYS)
-    sampler_type = check.choice("sampler.type", sampler.get("type", "tpe"), SAMPLERS)
-    startup = check.integer("sampler.n_startup_trials", sampler.get("n_startup_trials", 10),
-                            0, 100_000)
+def _key_path(*parts: Any) -> str:
+    """("budget", "trials") -> budget.trials; ("points", 0, "alpha") -> points[0].alpha."""
+    path = "".join(f"[{part}]" if isinstance(part, int) else f".{_one_line(part)}"
+                   for part in parts if part != "")
+    return path.removeprefix(".")
 
-    scheduler_raw = data.get("scheduler", "none")
-    if scheduler_raw is None or scheduler_raw == "none":
-        scheduler_raw = {"type": "none"}
-    scheduler = check.mapping("scheduler", scheduler_raw, SCHEDULER_KEYS)
-    scheduler_type = check.choice("scheduler.type", scheduler.get("type"), ("asha", "none"))
-    grace = check.integer("scheduler.grace_period", scheduler.get("grace_period", 1), 1,
-                          base_config.epochs)
-    reduction = check.number("scheduler.reduction_factor",
-                             scheduler.get("reduction_factor", 2), 1.0, low_open=True)
-    if scheduler_type == "none" and set(scheduler) - {"type"}:
-        raise check.fail("scheduler", "grace_period and reduction_factor apply to asha only")
-    if scheduler_type == "asha" and len(objectives) > 1:
-        raise check.fail("scheduler", "ASHA stops trials on one metric; a two-objective "
-                         "study needs scheduler: none")
 
-    points = _points(check, data.get("points_to_evaluate"), space, base_config, variants)
-    if len(points) > trials:
-        raise check.fail("points_to_evaluate", f"lists {len(points)} points but "
-                         f"budget.trials is {trials}")
-    if sampler_type == "grid":
-        if any(parameter.type != "categorical" for parameter in space):
-            raise check.fail("sampler", "a grid runs categorical choices only; give each "
-                             "space entry type: categorical")
-        if points:
-            raise check.fail("points_to_evaluate", "a grid runs every point already")
-        size = math.prod(len(parameter.choices) for parameter in space)
-        if trials != size:
-            raise check.fail("budget.trials", f"is {trials} but the grid has {size} points "
-                             "(each runs once)")
-
-    mlflow = _mlflow(check, data.get("loggers"))
-
-    smoke = check.mapping("smoke", data.get("smoke"), SMOKE_KEYS)
-    smoke = {
-        "base": dict(check.mapping("smoke.base", smoke.get("base"), CONFIG_KEYS)),
-        "budget": dict(check.mapping("smoke.budget", smoke.get("budget"), BUDGET_KEYS)),
-        "resources": dict(check.mapping("smoke.resources", smoke.get("resources"),
-                                        RESOURCE_KEYS)),
-    }
-    smoke = {key: value for key, value in smoke.items() if value}
-
-    return Study(
-        name=name, description=description.strip(), base=base, space=space,
-        objectives=objectives, trials=trials, time_budget_s=time_budget,
-        max_concurrent=max_concurrent, cpus=cpus, gpus=gpus, workers=workers,
-        sampler=sampler_type, n_startup_trials=startup, scheduler=scheduler_type,
-        grace_period=grace, reduction_factor=reduction, points_to_evaluate=points, seed=seed,
-        smoke=smoke, source=source, variants=variants, mlflow=mlflow)
+def _validated(schema: Any, raw: Any, key_path: str) -> Any:
+    """`raw` validated as `schema`, or pydantic's first error as one line at its key path."""
+    try:
+        return TypeAdapter(schema).validate_python(raw)
+    except ValidationError as error:
+        first = error.errors(include_url=False)[0]
+    kind, context = first["type"], first.get("ctx", {})
+    # pydantic adds "[key]" after a dict key whose own check failed: the key names the place.
+    loc = [key_path, *(part for part in first["loc"] if part != "[key]")]
+    if kind == "missing":
+        raise _Problem(_key_path(*loc[:-1]), f"needs '{loc[-1]}'")
+    if kind == "unknown_key":
+        raise _Problem("", f"unknown key '{_key_path(*loc, context['key'])}' "
+                       f"(known: {context['known']})")
+    if kind in ("mapping", "value_error"):  # ours: _known_keys' and our validators' words
+        raise _Problem(_key_path(*loc), str(context.get("error", first["msg"])))
+    words = first["msg"]  # pydantic's own, e.g. "Input should be greater than 0"
+    raise _Problem(_key_path(*loc), f"{words[0].lower()}{words[1:]}, got {shown(first['input'])}")
