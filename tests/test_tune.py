@@ -124,6 +124,18 @@ def test_smoke_study_end_to_end(ray_session, teacher_file, tmp_path, capsys):
     assert {"checkpoint.pt", "student.pt", "learning_curve.png", "metrics.parquet"} <= {
         path.name for path in checkpoints[-1].iterdir()}
 
+    # Ray's TensorBoard event files, read with TensorBoard's own reader, hold each epoch's
+    # accuracy under ray/tune/<metric>, equal to the curve's.
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(study_dir / RAY_DIR / trial_id))
+    events.Reload()
+    assert {"ray/tune/test_acc", "ray/tune/mean_acc", "ray/tune/best_acc"} <= set(
+        events.Tags()["scalars"])
+    logged = [event.value for event in events.Scalars("ray/tune/test_acc")]
+    curve = curves[curves["trial_id"] == trial_id]["test_acc"].tolist()
+    assert logged == pytest.approx(curve, abs=1e-6)
+
     # The report: best_config.yaml is a DistillConfig that `lrwa distill` accepts as is.
     config = from_mapping(yaml.safe_load((study_dir / "best_config.yaml").read_text()))
     assert config.teacher == str(teacher_file) and config.epochs == 2
@@ -535,3 +547,24 @@ def test_a_replayed_report_replaces_rows_from_its_epoch_on():
         {"epoch": 1, "test_acc": 0.1}, {"epoch": 2, "test_acc": 0.25}]
     assert replace_from(rows, {"epoch": 4, "test_acc": 0.4})[-1] == {"epoch": 4, "test_acc": 0.4}
     assert replace_from([], {"epoch": 1, "test_acc": 0.5}) == [{"epoch": 1, "test_acc": 0.5}]
+
+
+def test_mlflow_logs_every_trial_through_rays_logger(ray_session, teacher_file, tmp_path):
+    mlflow = pytest.importorskip("mlflow", reason="the test extra installs mlflow-skinny")
+    tracking = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    study = load_study_file(write_study_file(
+        tmp_path, teacher_file, loggers={"mlflow": {"tracking_uri": tracking,
+                                                    "experiment": "lrwa-tiny"}}))
+    outcome = run_study(study, tmp_path / "results")
+    assert outcome.complete
+    _, curves = load_study(outcome.store.local_path())
+    client = mlflow.tracking.MlflowClient(tracking)
+    experiment = client.get_experiment_by_name("lrwa-tiny")
+    runs = client.search_runs([experiment.experiment_id])
+    assert len(runs) == 2
+    for run in runs:
+        trial_id = run.data.tags["trial_name"]
+        history = client.get_metric_history(run.info.run_id, "test_acc")
+        curve = curves[curves["trial_id"] == trial_id]["test_acc"].tolist()
+        assert [metric.value for metric in history] == pytest.approx(curve)
+        assert float(run.data.params["alpha"]) in set(curves["alpha"])

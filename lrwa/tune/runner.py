@@ -129,13 +129,22 @@ def _set_aside_unrestorable(store: StudyStore, out: Printer) -> None:
 
 # -- Ray ---------------------------------------------------------------------------------------
 
-def ensure_ray() -> bool:
-    """Start a quiet local Ray (or join RAY_ADDRESS's) unless one is up; True if started."""
+def ensure_ray(num_cpus: int | None = None) -> bool:
+    """Start a quiet local Ray (or join RAY_ADDRESS's) unless one is up; True if started.
+
+    Ray starts its worker processes ahead of need; each imports the trial's code (torch
+    included) as it starts (`trainable.warm_up`), so the first trial of a study does not
+    wait seconds for the imports."""
     import ray
 
     if ray.is_initialized():
         return False
-    ray.init(include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR)
+    # With a CPU count, a Ray of its own; without, Ray's default: RAY_ADDRESS or a running
+    # local cluster if there is one, else a new one with every core.
+    ray.init(address="local" if num_cpus else None, num_cpus=num_cpus,
+             include_dashboard=False, log_to_driver=False,
+             logging_level=logging.ERROR,
+             runtime_env={"worker_process_setup_hook": "lrwa.tune.trainable.warm_up"})
     return True
 
 
