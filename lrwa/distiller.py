@@ -195,7 +195,9 @@ class Distiller:
                    for name in sums}
         return {"epoch": self.epoch, **metrics, "buffer_fill": self.replay.fill(),
                 "samples_per_s": fresh_samples / train_seconds, "train_s": train_seconds,
-                "student_lr": self.student_optimizer.param_groups[0]["lr"]}
+                # The rate this epoch ran at under the schedule; `lr`, not `student_lr`, so a
+                # study that searches student_lr keeps both in one table.
+                "lr": self.student_optimizer.param_groups[0]["lr"]}
 
     def evaluate(self) -> float:
         return accuracy(self.student, self.eval_images, self.eval_labels)

@@ -44,7 +44,7 @@ OPTUNA_STATES = {"COMPLETE": COMPLETED, "PRUNED": STOPPED_EARLY, "FAIL": ERRORED
 OBJECTIVE_METRICS = ("best_acc", "mean_acc", "final_acc", "var_acc", "max_drop")
 # What the engine reports per epoch (lrwa.distiller), the columns of every curve file.
 EPOCH_METRICS = ("test_acc", "loss_acq", "loss_ret", "loss_gen", "grad_cos", "buffer_fill",
-                 "samples_per_s", "train_s", "wall_s", "student_lr")
+                 "samples_per_s", "train_s", "wall_s", "lr")
 # Packages whose versions each trial row records (lrwa.provenance.versions).
 VERSION_KEYS = ("lrwa", "python", "torch", "ray", "optuna", "pyarrow", "numpy", "git")
 # Optuna user attributes that link a journal trial to lrwa.
