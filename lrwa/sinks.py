@@ -47,17 +47,25 @@ def write_summary(out_dir: Path, summary: dict[str, Any]) -> None:
 
 
 def plot_learning_curve(out_dir: Path, rows: Sequence[dict[str, Any]], title: str,
-                        teacher_acc: float | None = None) -> None:
+                        teacher_acc: float | None = None) -> Any:
+    """Write the student's test accuracy per epoch; returns the (closed) matplotlib figure."""
     import matplotlib
 
     matplotlib.use("Agg")  # no display on clusters and CI
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     frame = pd.DataFrame(list(rows)).dropna(subset=["test_acc"])
     figure, axis = plt.subplots(figsize=(6, 4))
-    axis.plot(frame["epoch"], 100 * frame["test_acc"], marker="o", markersize=3, label="student")
+    axis.plot(frame["epoch"], 100 * frame["test_acc"], marker="o", markersize=3,
+              label="student, test accuracy")
     if teacher_acc is not None:
-        axis.axhline(100 * teacher_acc, color="grey", linestyle="--", label="teacher")
+        axis.axhline(100 * teacher_acc, color="grey", linestyle="--",
+                     label=f"teacher, test accuracy ({100 * teacher_acc:.2f}%)")
+    # Whole epochs only, even for a one-epoch run (its default view spans 0.95 to 1.05).
+    axis.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
+    # Plain tick labels: no "1e2" or "+9.8e1" offset when the curve spans a fraction of a point.
+    axis.ticklabel_format(style="plain", useOffset=False)
     axis.set_xlabel("epoch")
     axis.set_ylabel("test accuracy (%)")
     axis.set_title(title)
@@ -67,3 +75,4 @@ def plot_learning_curve(out_dir: Path, rows: Sequence[dict[str, Any]], title: st
     with atomic_path(out_dir / CURVE_FILE) as temporary:
         figure.savefig(temporary, format="png", dpi=120)
     plt.close(figure)
+    return figure

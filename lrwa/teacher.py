@@ -17,6 +17,8 @@ import pickle
 import re
 import time
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -38,19 +40,28 @@ CHECKPOINT_FORMAT = "lrwa-teacher/1"
 
 @dataclass(frozen=True)
 class TeacherRecipe:
-    """How a teacher is trained on one data set: SGD with momentum, one-cycle schedule."""
+    """How a teacher is trained on one data set: SGD with momentum, one-cycle schedule.
+
+    `threads` pins torch's CPU threads while training (None leaves them as they are).
+    """
 
     epochs: int
     batch_size: int
     lr: float
     weight_decay: float
     momentum: float = 0.9
+    threads: int | None = None
 
 
-# The offline sets train in about a minute on two cores; the CIFAR/SVHN recipes are the
-# usual 200-epoch SGD ones (CIFAR-10 ResNet-34 about 95%, CIFAR-100 about 78%).
+# The CIFAR/SVHN recipes are the usual 200-epoch SGD ones (CIFAR-10 ResNet-34 about 95%,
+# CIFAR-100 about 78%). mnist5k is the embedded teacher every quickstart trains first: the
+# cheapest recipe measured to clear 98% test accuracy on each of ten seeds (98.1-98.7%; 10
+# epochs miss on one seed; benchmarks/teacher_mnist5k.py), about 9 s of one core. One
+# thread, because LeNet-5's small batches gain little from a second one and two threads on
+# a busy machine wait for each other (the 30-epoch recipe took 200-430 s on two threads
+# there, 36 s on one); and then the weights do not depend on the machine's core count.
 RECIPES: dict[str, TeacherRecipe] = {
-    "mnist5k": TeacherRecipe(epochs=30, batch_size=64, lr=0.05, weight_decay=5e-4),
+    "mnist5k": TeacherRecipe(epochs=12, batch_size=32, lr=0.05, weight_decay=5e-4, threads=1),
     "digits": TeacherRecipe(epochs=40, batch_size=32, lr=0.05, weight_decay=5e-4),
     "cifar10": TeacherRecipe(epochs=200, batch_size=128, lr=0.1, weight_decay=5e-4),
     "cifar100": TeacherRecipe(epochs=200, batch_size=128, lr=0.1, weight_decay=5e-4),
@@ -99,33 +110,66 @@ def evaluate_on_split(model: nn.Module, dataset: str, split: str = "test",
     return accuracy(model, images, labels)
 
 
+@contextmanager
+def torch_threads(count: int | None) -> Iterator[None]:
+    """Run the block on `count` CPU threads (None: unchanged), then restore the caller's."""
+    before = torch.get_num_threads()
+    if count is not None:
+        torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def train_teacher(dataset: str, arch: str, epochs: int | None = None, seed: int = 0,
                   data_root: str | None = None, download: bool = False,
                   device: str = "cpu", progress: bool = True,
-                  kd_teacher: nn.Module | None = None, kd_temperature: float = 4.0) -> Teacher:
-    """Train `arch` on the real training split with the data set's recipe.
+                  kd_teacher: nn.Module | None = None, kd_temperature: float = 4.0,
+                  recipe: TeacherRecipe | None = None) -> Teacher:
+    """Train `arch` on the real training split with the data set's recipe (or `recipe`).
 
     With `kd_teacher`, the targets are that model's soft labels (KL at `kd_temperature`)
     instead of the true labels: knowledge distillation with real data, the upper bound a
     data-free method is measured against.
     """
     spec = dataset_spec(dataset)
-    recipe = RECIPES[dataset]
+    recipe = RECIPES[dataset] if recipe is None else recipe
     epochs = recipe.epochs if epochs is None else epochs
     if epochs < 1:
         raise LrwaError(f"--epochs must be at least 1, got {epochs}")
-    seed_everything(seed)
-    train = load_split(dataset, "train", data_root=data_root, download=download, augment=True)
-    model = build_model(arch, spec.channels, spec.image_size, spec.num_classes).to(device)
-    loader = DataLoader(train, batch_size=recipe.batch_size, shuffle=True, drop_last=True,
-                        generator=torch.Generator().manual_seed(seed))
+    if kd_teacher is not None:
+        kd_teacher = freeze(kd_teacher.to(device))
+    started = time.perf_counter()
+    with torch_threads(recipe.threads):
+        seed_everything(seed)
+        train = load_split(dataset, "train", data_root=data_root, download=download,
+                           augment=True)
+        model = build_model(arch, spec.channels, spec.image_size, spec.num_classes).to(device)
+        loader = DataLoader(train, batch_size=recipe.batch_size, shuffle=True, drop_last=True,
+                            generator=torch.Generator().manual_seed(seed))
+        _fit(model, loader, recipe, epochs, device, progress, kd_teacher, kd_temperature)
+        test_accuracy = evaluate_on_split(model, dataset, "test", data_root)
+    metadata = {
+        "arch": arch, "dataset": dataset, "num_classes": spec.num_classes,
+        "channels": spec.channels, "image_size": spec.image_size,
+        "mean": list(spec.mean), "std": list(spec.std), "test_acc": test_accuracy,
+        "lrwa_version": lrwa.__version__, "seed": seed, "epochs": epochs,
+        "recipe": asdict(recipe), "train_seconds": time.perf_counter() - started,
+    }
+    if kd_teacher is not None:
+        metadata["kd_temperature"] = kd_temperature
+    return Teacher(model.cpu(), metadata)
+
+
+def _fit(model: nn.Module, loader: DataLoader, recipe: TeacherRecipe, epochs: int, device: str,
+         progress: bool, kd_teacher: nn.Module | None, kd_temperature: float) -> None:
+    """The recipe's optimisation: SGD with Nesterov momentum under a one-cycle schedule."""
     optimizer = torch.optim.SGD(model.parameters(), lr=recipe.lr, momentum=recipe.momentum,
                                 weight_decay=recipe.weight_decay, nesterov=True)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=recipe.lr, epochs=epochs,
                                                    steps_per_epoch=len(loader))
     loss_function = nn.CrossEntropyLoss(label_smoothing=0.05)
-    if kd_teacher is not None:
-        kd_teacher = freeze(kd_teacher.to(device))
     started = time.perf_counter()
     for epoch in range(epochs):
         model.train()
@@ -144,17 +188,6 @@ def train_teacher(dataset: str, arch: str, epochs: int | None = None, seed: int 
         if progress:
             print(f"teacher epoch {epoch + 1}/{epochs}  loss {loss.item():.3f}  "
                   f"{time.perf_counter() - started:.0f}s", flush=True)
-    test_accuracy = evaluate_on_split(model, dataset, "test", data_root)
-    metadata = {
-        "arch": arch, "dataset": dataset, "num_classes": spec.num_classes,
-        "channels": spec.channels, "image_size": spec.image_size,
-        "mean": list(spec.mean), "std": list(spec.std), "test_acc": test_accuracy,
-        "lrwa_version": lrwa.__version__, "seed": seed, "epochs": epochs,
-        "recipe": asdict(recipe), "train_seconds": time.perf_counter() - started,
-    }
-    if kd_teacher is not None:
-        metadata["kd_temperature"] = kd_temperature
-    return Teacher(model.cpu(), metadata)
 
 
 def save_teacher(teacher: Teacher, path: str | Path) -> None:
@@ -200,6 +233,23 @@ def _check_fits(path: Path, metadata: dict[str, Any], spec: DatasetSpec) -> None
                             f"'{spec.name}' has {key}={expected}")
 
 
+def _check_weights(path: Path, state_dict: dict[str, torch.Tensor]) -> None:
+    """Refuse weights that would load but poison every loss downstream: NaN or inf.
+
+    Sparse and meta tensors are refused first, since they hold no dense values to check.
+    """
+    for name, tensor in state_dict.items():
+        if tensor.is_meta or tensor.layout != torch.strided:
+            kind = "meta" if tensor.is_meta else str(tensor.layout).removeprefix("torch.")
+            raise LrwaError(f"teacher file {path} holds a {kind} tensor in {name!r}; "
+                            "lrwa loads only dense weights")
+        if tensor.is_floating_point() or tensor.is_complex():
+            bad = tensor.numel() - int(torch.isfinite(tensor).sum())
+            if bad:
+                raise LrwaError(f"teacher file {path} has non-finite weights (NaN or inf): "
+                                f"{bad} of {tensor.numel()} values in {name!r}")
+
+
 def load_teacher(path: str | Path, arch: str | None = None,
                  dataset: str | None = None) -> Teacher:
     """Load an lrwa teacher checkpoint, or a plain state_dict given `arch` and `dataset`."""
@@ -237,6 +287,7 @@ def load_teacher(path: str | Path, arch: str | None = None,
     if not isinstance(state_dict, dict) or not all(
             isinstance(value, torch.Tensor) for value in state_dict.values()):
         raise LrwaError(f"teacher file {path} is not a state_dict of tensors")
+    _check_weights(path, state_dict)
     try:
         model.load_state_dict(state_dict)
     except RuntimeError as error:

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from lrwa.errors import LrwaError
-from lrwa.models import MODELS, build_model, count_parameters, model_names
+from lrwa.models import build_model, count_parameters, model_names
 from lrwa.models.wide_resnet import wrn_16_2
 
 SHAPES = [(1, 8, 8, 10), (1, 28, 28, 10), (3, 32, 32, 100)]
@@ -28,15 +28,13 @@ def params(arch: str, channels: int = 3, size: int = 32, classes: int = 10) -> i
     return count_parameters(build_model(arch, channels, size, classes))
 
 
-def test_registry_names() -> None:
-    assert model_names() == list(MODELS) == list(FEATURE_DIMS)
-
-
-@pytest.mark.parametrize("arch", list(FEATURE_DIMS))
+# Every registered model, so that a new one without an expected feature size fails here.
+@pytest.mark.parametrize("arch", model_names())
 @pytest.mark.parametrize(("channels", "height", "width", "classes"), SHAPES)
 def test_shapes_and_features(
     arch: str, channels: int, height: int, width: int, classes: int
 ) -> None:
+    assert arch in FEATURE_DIMS, f"add {arch}'s feature size to FEATURE_DIMS"
     torch.manual_seed(0)
     model = build_model(arch, channels, height, classes).eval()
     x = torch.randn(BATCH, channels, height, width)
@@ -123,12 +121,37 @@ def test_float64_lenet5_half_gradients() -> None:
     assert all(p.grad is not None and p.grad.dtype == torch.float64 for p in model.parameters())
 
 
-def test_wide_resnet_dropout_only_in_training() -> None:
+def _outputs_under_seeds(model: nn.Module, x: torch.Tensor, seeds: list[int]) -> list[torch.Tensor]:
+    outputs = []
+    with torch.no_grad():
+        for seed in seeds:
+            torch.manual_seed(seed)
+            outputs.append(model(x))
+    return outputs
+
+
+def test_wide_resnet_dropout_draws_from_torch_rng_only_in_training() -> None:
     torch.manual_seed(0)
     model = wrn_16_2(3, 8, 10, dropout=0.3)
+    without_dropout = wrn_16_2(3, 8, 10, dropout=0.0)
+    without_dropout.load_state_dict(model.state_dict())
     x = torch.randn(BATCH, 3, 8, 8)
-    with torch.no_grad():
-        model.train()
-        assert not torch.equal(model(x), model(x))
-        model.eval()
-        torch.testing.assert_close(model(x), model(x), rtol=0, atol=0)
+
+    model.train()
+    first, same_seed, other_seed = _outputs_under_seeds(model, x, [1, 1, 2])
+    torch.testing.assert_close(same_seed, first, rtol=0, atol=0)  # the draw is torch's RNG
+    assert (other_seed - first).abs().max() > 1e-3  # another draw, another output
+    # The control: the same weights without dropout give one output whatever the seed, so
+    # the difference above is dropout's, not BatchNorm's batch statistics'.
+    without_dropout.train()
+    plain = _outputs_under_seeds(without_dropout, x, [1, 2])
+    torch.testing.assert_close(plain[1], plain[0], rtol=0, atol=0)
+    assert (first - plain[0]).abs().max() > 1e-3
+
+    # In eval mode dropout is off: the same weights and BatchNorm statistics give one output.
+    without_dropout.load_state_dict(model.state_dict())
+    model.eval()
+    without_dropout.eval()
+    evaluated = _outputs_under_seeds(model, x, [1, 2])
+    torch.testing.assert_close(evaluated[1], evaluated[0], rtol=0, atol=0)
+    torch.testing.assert_close(evaluated[0], without_dropout(x).detach(), rtol=0, atol=0)
