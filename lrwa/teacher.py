@@ -28,7 +28,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 import lrwa
-from lrwa.atomic import atomic_path
+from lrwa.atomic import write_with
 from lrwa.data import DatasetSpec, dataset_spec, load_split
 from lrwa.errors import LrwaError
 from lrwa.losses import kl_logits
@@ -193,8 +193,9 @@ def _fit(model: nn.Module, loader: DataLoader, recipe: TeacherRecipe, epochs: in
 def save_teacher(teacher: Teacher, path: str | Path) -> None:
     payload = {"format": CHECKPOINT_FORMAT, "metadata": teacher.metadata,
                "state_dict": teacher.model.state_dict()}
-    with atomic_path(path) as temporary:
-        torch.save(payload, temporary)
+    # torch.save to a file name turns a full disk into "RuntimeError: unexpected pos";
+    # writing to a stream keeps the OSError, which lrwa reports in one line.
+    write_with(path, lambda stream: torch.save(payload, stream))
 
 
 def _read_checkpoint(path: Path) -> Any:

@@ -233,7 +233,7 @@ def test_docs_python_names_exist() -> None:
     docs = DOCS_FILE.read_text()
     names = set(re.findall(r"\blrwa\.([a-z_]+)\.([A-Za-z_]+)", docs))
     names |= set(re.findall(r"from lrwa\.([a-z_]+) import ([A-Za-z_]+)", docs))
-    assert ("analysis", "load_study") in names
+    assert ("tune", "load_study") in names
     for module, attribute in names:
         assert attribute in _top_level_names(f"lrwa.{module}"), f"lrwa.{module}.{attribute}"
 

@@ -1,1 +1,1 @@
-"""The shipped study files, installed beside lrwa so `lrwa tune quickstart` works from a wheel."""
+"""The shipped study files; pyproject.toml installs this folder as the package lrwa.studies."""
