@@ -306,17 +306,20 @@ def cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "lrwa"
 
 
-def default_teacher(progress: bool = True) -> Teacher:
-    """The embedded mnist5k LeNet-5 teacher: trained once, then read from the cache.
-
-    The cache key covers everything that determines the weights, so changing the
-    recipe or lrwa's version trains a fresh teacher instead of reusing a stale one.
-    """
+def default_teacher_path() -> Path:
+    """Where the embedded teacher is cached; the key covers everything that determines the
+    weights, so changing the recipe or lrwa's version trains a fresh teacher."""
     dataset, arch = DEFAULT_TEACHER["dataset"], DEFAULT_TEACHER["arch"]
     key_source = json.dumps({**DEFAULT_TEACHER, "recipe": asdict(RECIPES[dataset]),
                              "version": lrwa.__version__}, sort_keys=True)
     key = hashlib.sha256(key_source.encode()).hexdigest()[:12]
-    path = cache_dir() / "teachers" / f"{dataset}-{arch}-{key}.pt"
+    return cache_dir() / "teachers" / f"{dataset}-{arch}-{key}.pt"
+
+
+def default_teacher(progress: bool = True) -> Teacher:
+    """The embedded mnist5k LeNet-5 teacher: trained once, then read from the cache."""
+    dataset, arch = DEFAULT_TEACHER["dataset"], DEFAULT_TEACHER["arch"]
+    path = default_teacher_path()
     if path.is_file():
         try:
             return load_teacher(path)

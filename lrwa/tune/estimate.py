@@ -209,15 +209,91 @@ def dry_run(study: Study, storage: str | os.PathLike[str] = DEFAULT_STORAGE,
     except LrwaError as error:
         out(f"  estimate: not available ({error})")
         return estimate
-    trial_s = int(base["epochs"]) * epoch_s / study.workers
-    waves = math.ceil(study.trials / max(1, min(study.max_concurrent, study.trials)))
+    epochs = expected_epochs(study)
+    trial_s = epochs * epoch_s / study.workers
+    most_s = int(base["epochs"]) * epoch_s / study.workers
+    parallel = max(1, min(study.max_concurrent, study.trials))
+    teacher_s = teacher_training_seconds(study)
+    # Trials run `parallel` at a time; a study starts with Ray and its first worker.
+    wall_s = teacher_s + STUDY_START_S + study.trials * trial_s / parallel
     estimate.update({
-        "epoch_s": epoch_s, "trial_s": trial_s, "wall_s": waves * trial_s,
+        "epoch_s": epoch_s, "trial_s": trial_s, "teacher_s": teacher_s, "wall_s": wall_s,
+        "most_wall_s": teacher_s + STUDY_START_S + study.trials * most_s / parallel,
         "cpu_hours": study.trials * trial_s * need["CPU"] / 3600,
         "gpu_hours": study.trials * trial_s * need["GPU"] / 3600, "how": how})
     out(f"  estimate ({how}):")
-    out(f"    {epoch_s:.1f} s per epoch, {trial_s / 60:.1f} min per trial, about "
-        f"{estimate['wall_s'] / 3600:.2f} h of wall time; {estimate['cpu_hours']:.2f} CPU "
-        f"hours, {estimate['gpu_hours']:.2f} GPU hours (upper bound: no early stopping"
-        + (", ideal data-parallel speed-up" if study.workers > 1 else "") + ")")
+    out(f"    {epoch_s:.1f} s per epoch; {epochs:.3g} epochs per trial on average"
+        + (f" with ASHA's stopping (at most {base['epochs']})" if study.scheduler == "asha"
+           else "") + f"; {study.trials} trials, {parallel} at a time")
+    if teacher_s:
+        out(f"    the embedded teacher is not cached yet: training it first, about "
+            f"{teacher_s:.0f} s")
+    out(f"    about {duration(wall_s)} of wall time"
+        + (f" (at most {duration(estimate['most_wall_s'])} if no trial is stopped early)"
+           if study.scheduler == "asha" else "")
+        + f"; {estimate['cpu_hours']:.2f} CPU hours, {estimate['gpu_hours']:.2f} GPU hours"
+        + (" (ideal data-parallel speed-up)" if study.workers > 1 else ""))
     return estimate
+
+
+STUDY_START_S = 10.0  # Ray's start, the Tuner and the first worker, measured on 2 cores
+
+
+def duration(seconds: float) -> str:
+    """2.5 min, 1.8 h: how the README, the CLI and the study files write a duration."""
+    return f"{seconds / 60:.1f} min" if seconds < 5400 else f"{seconds / 3600:.1f} h"
+
+
+def expected_epochs(study: Study) -> float:
+    """Epochs per trial with ASHA's successive halving: every trial reaches the grace
+    period, 1/r of them the next rung (grace x r), 1/r^2 the one after, and so on to the
+    last epoch. Without a scheduler every trial runs every epoch."""
+    epochs = int(study.base["epochs"])
+    if study.scheduler != "asha":
+        return float(epochs)
+    expected, rung, survivors = 0.0, 0, 1.0
+    milestone = float(study.grace_period)
+    while rung < epochs:
+        reached = min(epochs, int(milestone))
+        expected += survivors * (reached - rung)
+        rung, survivors = reached, survivors / study.reduction_factor
+        milestone *= study.reduction_factor
+    return expected
+
+
+def teacher_training_seconds(study: Study) -> float:
+    """Seconds to train the embedded teacher when the study needs it and it is not cached:
+    a few of its recipe's batches timed here, scaled to the whole recipe; else 0."""
+    import torch
+    from torch.utils.data import DataLoader
+
+    from lrwa.data import dataset_spec, load_split
+    from lrwa.models import build_model
+    from lrwa.teacher import (
+        DEFAULT_TEACHER,
+        RECIPES,
+        default_teacher_path,
+        torch_threads,
+    )
+
+    if study.base.get("teacher") is not None or default_teacher_path().is_file():
+        return 0.0
+    dataset, arch = DEFAULT_TEACHER["dataset"], DEFAULT_TEACHER["arch"]
+    recipe, spec = RECIPES[dataset], dataset_spec(dataset)
+    train = load_split(dataset, "train", augment=True)
+    loader = DataLoader(train, batch_size=recipe.batch_size, shuffle=True, drop_last=True)
+    model = build_model(arch, spec.channels, spec.image_size, spec.num_classes)
+    optimizer = torch.optim.SGD(model.parameters(), lr=recipe.lr, momentum=recipe.momentum)
+    timed = 20
+    with torch_threads(recipe.threads):
+        batches = iter(loader)
+        started = None
+        for index in range(timed + 2):  # two warm-up batches
+            if index == 2:
+                started = time.perf_counter()
+            images, labels = next(batches)
+            optimizer.zero_grad()
+            torch.nn.functional.cross_entropy(model(images), labels).backward()
+            optimizer.step()
+        per_batch = (time.perf_counter() - started) / timed
+    return per_batch * len(loader) * recipe.epochs

@@ -195,8 +195,29 @@ def plot_curves_by_mode(store: StudyStore, curves: pd.DataFrame) -> str | None:
     counts_axis.set_ylim(bottom=0)
     _integer_axis(counts_axis.yaxis)
     _integer_axis(axis.xaxis)
-    _finish(axis, "epoch", "test accuracy (%)", "learning curves by mode and replay", 8)
+    _finish(axis, "epoch", "test accuracy (%)", "learning curves by mode and replay", None)
+    axis.legend(fontsize=8, loc="lower right")
     return _save(store, figure, "learning_curves_by_mode.png")
+
+
+STATUS_MARKERS = {COMPLETED: "o", STOPPED_EARLY: "v"}
+
+
+def _plain_log_axis(axis: Any) -> None:
+    """A log axis labelled 0.05, 0.1, 0.2, 512, 1024: plain numbers, never 1e-1."""
+    from matplotlib.ticker import LogLocator, NullFormatter, StrMethodFormatter
+
+    axis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    axis.set_major_formatter(StrMethodFormatter("{x:g}"))
+    axis.set_minor_formatter(NullFormatter())
+
+
+def _by_status(ranked: pd.DataFrame) -> Any:
+    """(status, marker, rows) per status: a stopped trial's numbers cover fewer epochs."""
+    for status, marker in STATUS_MARKERS.items():
+        rows = ranked[ranked["status"] == status]
+        if not rows.empty:
+            yield status, marker, rows
 
 
 def plot_alpha_ratio(store: StudyStore, ranked: pd.DataFrame, metric: str) -> str | None:
@@ -204,15 +225,18 @@ def plot_alpha_ratio(store: StudyStore, ranked: pd.DataFrame, metric: str) -> st
             ranked["alpha"].nunique() < 2 and ranked["replay_ratio"].nunique() < 2):
         return None
     plt = _pyplot()
-    figure, axis = plt.subplots(figsize=(6.5, 4.5))
-    points = axis.scatter(ranked["alpha"], ranked["replay_ratio"],
-                          c=metric_values(metric, ranked[metric]), s=60, cmap="viridis",
-                          edgecolors="black")
+    figure, axis = plt.subplots(figsize=(7, 4.5))
+    values = metric_values(metric, ranked[metric])
+    for status, marker, rows in _by_status(ranked):
+        points = axis.scatter(rows["alpha"], rows["replay_ratio"], c=values[rows.index],
+                              vmin=values.min(), vmax=values.max(), s=70, marker=marker,
+                              cmap="viridis", edgecolors="black", label=status)
     figure.colorbar(points, ax=axis, label=metric_label(metric))
     if (ranked["alpha"] > 0).all() and ranked["alpha"].nunique() > 1:
         axis.set_xscale("log")
+        _plain_log_axis(axis.xaxis)
     _finish(axis, "alpha (inner step size)", "replay ratio",
-            f"{metric} over alpha x replay ratio", None)
+            f"{metric} over alpha x replay ratio", 8)
     return _save(store, figure, "alpha_replay_ratio.png")
 
 
@@ -220,20 +244,16 @@ def plot_buffer_size(store: StudyStore, ranked: pd.DataFrame, metric: str) -> st
     if ranked.empty or "buffer_size" not in ranked or ranked["buffer_size"].nunique() < 2:
         return None
     plt = _pyplot()
-    figure, axis = plt.subplots(figsize=(6.5, 4.5))
+    figure, axis = plt.subplots(figsize=(7, 4.5))
     for index, (mode, group) in enumerate(ranked.groupby("mode")):
-        axis.scatter(group["buffer_size"], metric_values(metric, group[metric]), label=mode,
-                     color=f"C{index}", s=50, edgecolors="black")
+        for status, marker, rows in _by_status(group):
+            axis.scatter(rows["buffer_size"], metric_values(metric, rows[metric]),
+                         label=f"{mode}, {status}", color=f"C{index}", marker=marker, s=60,
+                         edgecolors="black")
     axis.set_xscale("log")
-    from matplotlib.ticker import LogLocator, NullFormatter, ScalarFormatter
-
-    axis.xaxis.set_major_locator(LogLocator(base=2))
-    formatter = ScalarFormatter()
-    formatter.set_scientific(False)
-    axis.xaxis.set_major_formatter(formatter)
-    axis.xaxis.set_minor_formatter(NullFormatter())
+    _plain_log_axis(axis.xaxis)
     _finish(axis, "buffer size (samples)", metric_label(metric),
-            f"effect of buffer size on {metric}", 9)
+            f"effect of buffer size on {metric}", 8)
     return _save(store, figure, "buffer_size.png")
 
 
