@@ -54,10 +54,8 @@ def harness_overhead(folder: Path, epochs: int, iters: int, cpus: int,
     import ray
     import torch
 
-    from lrwa.tune.runner import run_study
+    from lrwa.tune.runner import ensure_ray, run_study
     from lrwa.tune.study import load_study_file
-
-    from lrwa.tune.runner import ensure_ray
 
     config = build_config("mnist5k", overrides={"epochs": epochs, "iters_per_epoch": iters,
                                                 "mode": "meta", "replay": "memory"})

@@ -1,56 +1,54 @@
 """Studies in object storage, against a real S3-compatible server on loopback (moto's).
 
-The server speaks the S3 protocol over HTTP, so these tests exercise pyarrow's S3
-client, Ray Tune's remote experiment storage and lrwa's mirrors exactly as they
-run against AWS; only the endpoint differs. The credentials are moto's dummies.
+Ray Tune persists each trial's checkpoints and its own experiment state to the bucket;
+lrwa writes the study's files there straight through pyarrow.fs; the only local file is
+the driver's working copy of the Optuna journal. A "fresh head node" is a driver without
+that copy: it must resume from the bucket alone. The credentials are moto's dummies.
 """
 
 from __future__ import annotations
 
-import logging
+import json
 import os
-import shutil
+import re
+import signal
+import subprocess
+import sys
+import textwrap
+import time
 
-import pyarrow.fs as pafs
 import pytest
-from tiny_study import write_study_file, write_tiny_teacher
+from moto_s3 import BUCKET, client, moto_server, read_object, s3_uri, stored
+from tiny_study import assert_one_truth, write_study_file, write_tiny_teacher
 
-from lrwa.analysis import BEST_CONFIG, load_study, write_report
 from lrwa.cli import main
 from lrwa.errors import LrwaError
-from lrwa.tune.curves import OPTUNA_FILE, STUDY_JSON, TRIALS_FILE
+from lrwa.tune import load_study, lock
+from lrwa.tune.layout import (
+    BEST_CONFIG,
+    LOCK_FILE,
+    OPTUNA_FILE,
+    RAY_DIR,
+    RAY_STATE_FILE,
+    REPORT_DIR,
+    STUDY_JSON,
+    STUDY_YAML,
+    TRIALS_FILE,
+)
+from lrwa.tune.lock import hold_study
 from lrwa.tune.runner import run_study
-from lrwa.tune.storage import StudyStorage, TreePusher, split_study_uri
+from lrwa.tune.storage import open_store
 from lrwa.tune.study import load_study_file
 from lrwa.tune.trainable import FaultPlan
 
-BUCKET = "lrwa-studies"
-DUMMY_ENVIRONMENT = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-                     "AWS_DEFAULT_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true"}
+EPOCHS = 3
+CLOSED_PORT = "127.0.0.1:9"  # discard: nothing listens there
 
 
 @pytest.fixture(scope="module")
 def endpoint():
-    """host:port of a moto S3 server with one bucket; its environment outlives Ray's start,
-    so the trial processes see the same (dummy) credentials."""
-    from moto.server import ThreadedMotoServer
-
-    saved = {key: os.environ.get(key) for key in DUMMY_ENVIRONMENT}
-    os.environ.update(DUMMY_ENVIRONMENT)
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    filesystem = pafs.S3FileSystem(endpoint_override=f"{host}:{port}", scheme="http",
-                                   allow_bucket_creation=True)
-    filesystem.create_dir(BUCKET)
-    yield f"{host}:{port}"
-    server.stop()
-    for key, value in saved.items():
-        if value is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = value
+    with moto_server() as endpoint:
+        yield endpoint
 
 
 @pytest.fixture(scope="module")
@@ -64,105 +62,146 @@ def teacher_file(tmp_path_factory):
     return write_tiny_teacher(tmp_path_factory.mktemp("teacher"))
 
 
-def _uri(endpoint, path):
-    return f"s3://{BUCKET}/{path}?endpoint_override={endpoint}&scheme=http"
+def _forget_local_journal(storage):
+    """What a fresh head node has of the study: nothing but the bucket."""
+    path = open_store(storage, "tiny").journal_file()
+    path.unlink(missing_ok=True)
+    assert not path.exists()
 
 
-def _stored(endpoint, prefix):
-    """Paths (relative to `prefix`) of every object under it, read with a separate client."""
-    filesystem = pafs.S3FileSystem(endpoint_override=endpoint, scheme="http")
-    root = f"{BUCKET}/{prefix}"
-    selector = pafs.FileSelector(root, recursive=True, allow_not_found=True)
-    return {item.path[len(root) + 1:] for item in filesystem.get_file_info(selector)
-            if item.type == pafs.FileType.File}
-
-
-def _forget_local_copies(storage_uri):
-    """What a fresh head node has of the study: nothing but the store."""
-    shutil.rmtree(StudyStorage(storage_uri).local_root(), ignore_errors=True)
-
-
-def test_study_runs_resumes_and_reports_through_s3(ray_session, endpoint, teacher_file,
-                                                    tmp_path, capsys):
-    storage = _uri(endpoint, "studies")
-    study_file = write_study_file(tmp_path, teacher_file, base={"epochs": 3},
+def test_study_resumes_from_s3_on_a_fresh_head_node_and_reports(ray_session, endpoint,
+                                                                 teacher_file, tmp_path,
+                                                                 capsys):
+    storage = s3_uri(endpoint, "studies")
+    location = s3_uri(endpoint, "studies/tiny")
+    study_file = write_study_file(tmp_path, teacher_file, base={"epochs": EPOCHS},
                                   budget={"max_concurrent": 1})
-    study = load_study_file(study_file)
     faults = FaultPlan(epoch=2, marker=str(tmp_path / "interrupt-once"), action="interrupt",
                        driver_pid=os.getpid())
-    first = run_study(study, storage, faults=faults)
+    first = run_study(load_study_file(study_file), storage, faults=faults)
     assert first.interrupted and first.statuses["completed"] < 2
+    assert LOCK_FILE not in stored(endpoint, "studies/tiny")  # the lease went with the driver
 
-    stored = _stored(endpoint, "studies/tiny")
-    assert {STUDY_JSON, "study.yaml", TRIALS_FILE, OPTUNA_FILE} <= stored
-    assert any(path.startswith("ray/") for path in stored)  # Tune's experiment state
-    assert any(path.startswith("curves/trial_id=") for path in stored)
-    assert any(path.startswith("runs/") and path.endswith("/checkpoint.pt") for path in stored)
-
-    # A new head node: only the store knows the study, and it resumes from there.
-    _forget_local_copies(storage)
-    # Through the CLI, as a user would, which also writes the report back to the store.
+    _forget_local_journal(storage)
     capsys.readouterr()
     assert main(["tune", str(study_file), "--storage", storage]) == 0
     printed = capsys.readouterr().out
     assert f"resuming study 'tiny': 2 trials, up to 1 at a time -> s3://{BUCKET}/studies/tiny" \
         in printed
     assert f"study s3://{BUCKET}/studies/tiny: 2 completed" in printed
-    assert {BEST_CONFIG, "report/top_learning_curves.png"} <= _stored(endpoint, "studies/tiny")
+    assert "endpoint_override" not in printed  # the query never reaches the output
 
-    _forget_local_copies(storage)
-    trials, curves = load_study(_uri(endpoint, "studies/tiny"))
-    assert sorted(trials["status"]) == ["completed", "completed"]
-    epochs = curves.groupby("trial_id")["epoch"].apply(list).to_dict()
-    assert epochs == {trial_id: [1, 2, 3] for trial_id in trials["trial_id"]}
-    assert not curves.duplicated(["trial_id", "epoch"]).any()
-    stored = _stored(endpoint, "studies/tiny")
+    _forget_local_journal(storage)
+    trials, _, _ = assert_one_truth(location, budget=2, epochs=EPOCHS)
+    files = stored(endpoint, "studies/tiny")
+    assert {STUDY_JSON, STUDY_YAML, TRIALS_FILE, OPTUNA_FILE, RAY_STATE_FILE,
+            f"{RAY_DIR}/tuner.pkl"} <= files
+    assert any(re.fullmatch(rf"{RAY_DIR}/experiment_state-.*\.json", path) for path in files)
     for trial_id in trials["trial_id"]:
-        assert {f"runs/{trial_id}/student.pt", f"runs/{trial_id}/summary.json"} <= stored
+        checkpoints = sorted({path.split("/")[2] for path in files
+                              if path.startswith(f"{RAY_DIR}/{trial_id}/checkpoint_")})
+        assert len(checkpoints) == 2  # the newest two are kept
+        last = f"{RAY_DIR}/{trial_id}/{checkpoints[-1]}"
+        assert {f"{last}/checkpoint.pt", f"{last}/student.pt"} <= files
+        assert f"{RAY_DIR}/{trial_id}/{checkpoints[0]}/student.pt" not in files
+    record = json.loads(read_object(endpoint, f"studies/tiny/{STUDY_JSON}"))
+    assert record["location"] == f"s3://{BUCKET}/studies/tiny"
 
-    # `lrwa report s3://...` reads the study back and writes its report to the store.
-    filesystem = pafs.S3FileSystem(endpoint_override=endpoint, scheme="http")
-    filesystem.delete_dir(f"{BUCKET}/studies/tiny/report")
-    filesystem.delete_file(f"{BUCKET}/studies/tiny/{BEST_CONFIG}")
-    assert main(["report", _uri(endpoint, "studies/tiny"), "--no-plots"]) == 0
-    assert "best configuration" in capsys.readouterr().out
-    assert BEST_CONFIG in _stored(endpoint, "studies/tiny")
-    write_report(_uri(endpoint, "studies/tiny"), out=lambda line: None)
-    assert "report/top_learning_curves.png" in _stored(endpoint, "studies/tiny")
+    # `lrwa report s3://...` reads the study back and writes its report into the bucket.
+    bucket = client(endpoint)
+    bucket.delete_dir(f"{BUCKET}/studies/tiny/{REPORT_DIR}")
+    bucket.delete_file(f"{BUCKET}/studies/tiny/{BEST_CONFIG}")
+    assert main(["report", location]) == 0
+    printed = capsys.readouterr().out
+    assert "best trials of 'tiny'" in printed and trials["trial_id"].iloc[0] in printed
+    files = stored(endpoint, "studies/tiny")
+    assert BEST_CONFIG in files
+    assert f"{REPORT_DIR}/top_learning_curves.png" in files
+    assert read_object(endpoint, f"studies/tiny/{REPORT_DIR}/top_learning_curves.png")[
+        :8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_missing_bucket_and_empty_prefix_fail_in_one_line(endpoint, teacher_file, tmp_path,
-                                                          capsys):
-    study = load_study_file(write_study_file(tmp_path, teacher_file))
-    no_bucket = f"s3://no-such-bucket/x?endpoint_override={endpoint}&scheme=http"
-    with pytest.raises(LrwaError, match=r"storage s3://no-such-bucket/x/tiny cannot be written"):
-        run_study(study, no_bucket)
-    assert main(["report", _uri(endpoint, "nothing/here")]) == 2
+def _one_line_error(capsys, argv):
+    assert main(argv) == 2
     error = capsys.readouterr().err.strip()
-    assert error.startswith("lrwa: error:") and "holds no study results" in error
-    assert len(error.splitlines()) == 1
+    assert error.startswith("lrwa: error:") and len(error.splitlines()) == 1, error
+    assert "endpoint_override" not in error
+    return error
 
 
-def test_pushes_only_what_changed_and_pulls_it_back(endpoint, tmp_path):
-    storage = StudyStorage(_uri(endpoint, "unit"))
-    local = storage.study_dir("demo")
-    shutil.rmtree(local, ignore_errors=True)
-    (local / "runs" / "t1").mkdir(parents=True)
-    (local / "runs" / "t1" / "a.txt").write_text("first")
-    (local / "runs" / "t1" / "b.txt").write_text("kept")
-    pusher = TreePusher(storage, "demo")
-    pusher.push("runs/t1")
-    assert _stored(endpoint, "unit/demo") == {"runs/t1/a.txt", "runs/t1/b.txt"}
+def test_missing_bucket_empty_prefix_and_unreachable_endpoint_fail_in_one_line(
+        endpoint, teacher_file, tmp_path, capsys):
+    study_file = write_study_file(tmp_path, teacher_file)
+    no_bucket = s3_uri(endpoint, "x", bucket="no-such-bucket")
+    with pytest.raises(LrwaError, match=r"cannot write s3://no-such-bucket/x/tiny/") as info:
+        run_study(load_study_file(study_file), no_bucket)
+    assert "\n" not in str(info.value)
+    assert "no-such-bucket/x/tiny" in _one_line_error(
+        capsys, ["tune", str(study_file), "--storage", no_bucket])
+    assert "does not exist" in _one_line_error(capsys, ["report", s3_uri(endpoint,
+                                                                         "nothing/here")])
+    with pytest.raises(LrwaError, match="does not exist"):
+        load_study(s3_uri(endpoint, "nothing/here"))
+    unreachable = s3_uri(CLOSED_PORT, "studies")
+    assert "cannot write s3://lrwa-studies/studies/tiny" in _one_line_error(
+        capsys, ["tune", str(study_file), "--storage", unreachable])
+    assert "cannot reach s3://lrwa-studies/studies/tiny" in _one_line_error(
+        capsys, ["report", s3_uri(CLOSED_PORT, "studies/tiny")])
+    assert not stored(endpoint, "nothing")
 
-    # Only the changed file goes up again: change b behind the pusher's back on the store,
-    # rewrite a locally, push; b's stored copy must be the store's, a's the new one.
-    storage.filesystem()[0].delete_file(storage.remote_path("demo", "runs/t1/b.txt"))
-    (local / "runs" / "t1" / "a.txt").write_text("second, longer")
-    pusher.push("runs/t1")
-    assert _stored(endpoint, "unit/demo") == {"runs/t1/a.txt"}
 
-    shutil.rmtree(local)
-    assert storage.pull("demo", skip=("ray",)) == 1
-    assert (local / "runs" / "t1" / "a.txt").read_text() == "second, longer"
-    parent, name = split_study_uri(_uri(endpoint, "unit/demo"))
-    assert name == "demo" and parent.uri == _uri(endpoint, "unit")
+HOLDER = textwrap.dedent("""
+    import sys, time
+    from lrwa.tune.lock import hold_study
+    from lrwa.tune.storage import open_store
+    with hold_study(open_store(sys.argv[1], "tiny")):
+        print("held", flush=True)
+        time.sleep(120)
+""")
+
+
+def _lease(endpoint, prefix):
+    return json.loads(read_object(endpoint, f"{prefix}/tiny/{LOCK_FILE}"))
+
+
+def test_the_s3_lease_refuses_a_second_driver_and_a_dead_ones_is_taken_over(
+        endpoint, teacher_file, tmp_path, monkeypatch):
+    monkeypatch.setattr(lock, "SETTLE_S", 0.2)
+    storage = s3_uri(endpoint, "leased")
+    study = load_study_file(write_study_file(tmp_path, teacher_file))
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, storage], stdout=subprocess.PIPE,
+                              text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(LrwaError, match=rf"in use by lrwa tune \(host .*, pid {holder.pid}, "
+                                            r"since ") as info:
+            run_study(study, storage)
+        assert "\n" not in str(info.value)
+    finally:
+        holder.send_signal(signal.SIGKILL)  # dies holding it: the lease stays behind
+        holder.wait()
+    dead = _lease(endpoint, "leased")
+    assert dead["pid"] == holder.pid
+
+    # A lease not renewed for LEASE_S belongs to a dead driver: the next one takes it over.
+    monkeypatch.setattr(lock, "LEASE_S", 1.0)
+    time.sleep(1.0 + max(0.0, dead["renewed"] + 1.0 - time.time()))
+    store = open_store(storage, "tiny")
+    with hold_study(store):
+        mine = _lease(endpoint, "leased")
+        assert (mine["pid"], mine["host"]) == (os.getpid(), dead["host"])
+        assert mine["token"] != dead["token"]
+    assert LOCK_FILE not in stored(endpoint, "leased/tiny")  # given back on the way out
+
+
+@pytest.mark.parametrize("renewed", ["soon", None, 1e12])
+def test_a_lease_that_cannot_be_right_blocks_nobody(endpoint, monkeypatch, renewed):
+    """A lease whose renewal time is unreadable, or centuries ahead (a crafted or corrupt
+    object), would otherwise hold the study for ever."""
+    monkeypatch.setattr(lock, "SETTLE_S", 0.1)
+    prefix = f"odd-lease-{renewed}"
+    store = open_store(s3_uri(endpoint, prefix), "tiny")
+    store.write_bytes(LOCK_FILE, json.dumps({"host": "elsewhere", "pid": 1, "since": "then",
+                                             "token": "x", "renewed": renewed}).encode())
+    with hold_study(store):
+        assert _lease(endpoint, prefix)["pid"] == os.getpid()

@@ -27,14 +27,21 @@ import pyarrow.parquet as pq
 import pytest
 import ray
 import yaml
-from tiny_study import ENGINE_METRICS, SPACE, write_study_file, write_tiny_teacher
+from tiny_study import (
+    ENGINE_METRICS,
+    SPACE,
+    assert_one_truth,
+    read_journal,
+    write_study_file,
+    write_tiny_teacher,
+)
 
 from lrwa.config import from_mapping
 from lrwa.errors import LrwaError
 from lrwa.tune import load_study
 from lrwa.tune.commands import add_commands, report_command, tune_command
 from lrwa.tune.estimate import dry_run
-from lrwa.tune.layout import CURVES_DIR, OPTUNA_FILE, RAY_DIR, STUDY_JSON, TRIALS_FILE
+from lrwa.tune.layout import CURVES_DIR, RAY_DIR, STUDY_JSON, TRIALS_FILE
 from lrwa.tune.report import write_report
 from lrwa.tune.resources import check_cluster, resources_per_trial, trial_bundles
 from lrwa.tune.runner import run_study, summarise
@@ -49,34 +56,7 @@ def teacher_file(tmp_path_factory):
 
 
 def _journal(study_dir, name="tiny"):
-    storage = optuna.storages.JournalStorage(
-        optuna.storages.journal.JournalFileBackend(str(study_dir / OPTUNA_FILE)))
-    return optuna.load_study(study_name=name, storage=storage)
-
-
-def assert_one_truth(study_dir, name="tiny", budget=None):
-    """trials.parquet, curves/ and the journal agree trial for trial; no row twice."""
-    trials, curves = load_study(study_dir)
-    journal = {trial.user_attrs["trial_id"]: trial for trial in _journal(study_dir, name).trials}
-    states = {"COMPLETE": "completed", "PRUNED": "stopped early", "FAIL": "errored"}
-    assert set(journal) == set(trials["trial_id"])
-    if budget is not None:
-        assert len(journal) == budget
-    assert not curves.duplicated(["trial_id", "epoch"]).any()
-    for row in trials.itertuples():
-        trial = journal[row.trial_id]
-        assert states[trial.state.name] == row.status
-        epochs = list(curves[curves["trial_id"] == row.trial_id]["epoch"])
-        assert epochs == list(range(1, row.epochs_run + 1))
-        if row.status != "errored":
-            # The objective at every epoch, the epoch as the step, equal to the curve's.
-            assert sorted(trial.intermediate_values) == epochs
-            means = curves[curves["trial_id"] == row.trial_id]["test_acc"].expanding().mean()
-            assert [trial.intermediate_values[e] for e in epochs] == pytest.approx(list(means))
-        if row.status == "completed":
-            assert trial.value == pytest.approx(row.mean_acc)
-        assert trial.user_attrs["run_dir"] == f"{RAY_DIR}/{row.trial_id}"
-    return trials, curves, journal
+    return read_journal(study_dir, name)
 
 
 def _ray_state(study_dir):

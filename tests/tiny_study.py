@@ -13,7 +13,7 @@ SPACE = {"alpha": {"type": "loguniform", "low": 0.1, "high": 1.0},
          "buffer_size": {"type": "int", "low": 32, "high": 128, "log": True},
          "replay_ratio": {"type": "uniform", "low": 0.1, "high": 0.5}}
 ENGINE_METRICS = ["loss_gen", "loss_acq", "loss_ret", "grad_cos", "buffer_fill",
-                  "samples_per_s", "train_s", "student_lr", "test_acc", "wall_s"]
+                  "samples_per_s", "train_s", "lr", "test_acc", "wall_s"]
 
 
 def write_study_file(folder, teacher, name="tiny", **changes):
@@ -40,3 +40,63 @@ def write_tiny_teacher(folder):
     path = folder / "digits-lenet5.pt"
     save_teacher(train_teacher("digits", "lenet5", epochs=1, progress=False), path)
     return path
+
+
+def read_journal(location, name="tiny"):
+    """The study's Optuna journal as an optuna.Study, read from its store (a folder or
+    s3://...) through a private copy, so reading never touches the driver's file."""
+    import tempfile
+
+    import optuna
+
+    from lrwa.tune.layout import OPTUNA_FILE
+    from lrwa.tune.storage import open_study_location
+
+    data = open_study_location(str(location)).read_bytes(OPTUNA_FILE)
+    assert data is not None, f"{location} holds no {OPTUNA_FILE}"
+    with tempfile.NamedTemporaryFile(suffix=".journal", delete=False) as copy:
+        copy.write(data)
+    storage = optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(copy.name))
+    return optuna.load_study(study_name=name, storage=storage)
+
+
+def assert_one_truth(location, name="tiny", budget=None, epochs=None):
+    """trials.parquet, curves/ and the journal agree trial for trial and no (trial, epoch)
+    row exists twice; with `epochs`, every trial completed that many epochs. Works for a
+    folder and for s3://... alike. Returns (trials, curves, journal trials by trial id)."""
+    import pandas as pd
+    import pytest
+
+    from lrwa.tune import load_study
+    from lrwa.tune.layout import RAY_DIR
+
+    trials, curves = load_study(str(location))
+    journal = {trial.user_attrs["trial_id"]: trial
+               for trial in read_journal(location, name).trials}
+    states = {"COMPLETE": "completed", "PRUNED": "stopped early", "FAIL": "errored"}
+    assert set(journal) == set(trials["trial_id"])
+    assert len(trials) == len(set(trials["trial_id"]))
+    if budget is not None:
+        assert len(journal) == budget
+    if curves.empty:  # no trial reported an epoch
+        curves = pd.DataFrame({"trial_id": [], "epoch": [], "test_acc": []})
+    assert not curves.duplicated(["trial_id", "epoch"]).any()
+    assert set(curves["trial_id"]) <= set(trials["trial_id"])  # no curve without a row
+    for row in trials.itertuples():
+        trial = journal[row.trial_id]
+        assert states.get(trial.state.name) == row.status, (row.trial_id, trial.state)
+        own = curves[curves["trial_id"] == row.trial_id]
+        assert list(own["epoch"]) == list(range(1, row.epochs_run + 1)), row.trial_id
+        if row.status != "errored":
+            # The objective at every epoch, the epoch as the step, equal to the curve's.
+            assert sorted(trial.intermediate_values) == list(own["epoch"])
+            means = own["test_acc"].expanding().mean()
+            assert [trial.intermediate_values[e] for e in own["epoch"]] == pytest.approx(
+                list(means))
+        if row.status == "completed":
+            assert trial.value == pytest.approx(row.mean_acc)
+        assert trial.user_attrs["run_dir"] == f"{RAY_DIR}/{row.trial_id}"
+        if epochs is not None:
+            assert (row.status, row.epochs_run) == ("completed", epochs), row.trial_id
+    return trials, curves, journal

@@ -50,8 +50,7 @@ def _run_and_report(study: Any, storage: str, restart: bool) -> Any:
         print(line, flush=True)
     if outcome.ran and outcome.statuses.get(COMPLETED, 0) + outcome.statuses.get(
             STOPPED_EARLY, 0):
-        write_report(outcome.store.location() if outcome.store.remote
-                     else str(outcome.store.local_path()))
+        write_report(outcome.store.uri())
     location = outcome.store.location()
     print(f"Parquet: {location}/curves/ (one file per trial, one row per epoch) and "
           f"{location}/trials.parquet; in Python: lrwa.tune.load_study('{location}')",

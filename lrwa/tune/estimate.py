@@ -9,7 +9,6 @@ a machine without a GPU uses the FLOP cost model below instead, and says so.
 
 from __future__ import annotations
 
-import math
 import os
 import time
 from collections.abc import Callable

@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import json
+import math
 import os
 import socket
 import threading
@@ -54,10 +55,20 @@ def _busy(store: StudyStore, lease: dict[str, Any]) -> LrwaError:
                      " wait for it to finish or stop it")
 
 
+def _alive(lease: dict[str, Any] | None) -> bool:
+    """Whether the lease was renewed within LEASE_S. A renewal time that is not a number,
+    or lies further ahead than any clock skew, is no lease: it would block for ever."""
+    try:
+        age = time.time() - float(lease.get("renewed")) if lease else math.inf
+    except (TypeError, ValueError):
+        return False
+    return abs(age) < LEASE_S
+
+
 @contextlib.contextmanager
 def _hold_lease(store: StudyStore) -> Iterator[None]:
     lease = _lease(store)
-    if lease and time.time() - float(lease.get("renewed", 0)) < LEASE_S:
+    if _alive(lease):
         raise _busy(store, lease)
     token = uuid.uuid4().hex
     mine = {"host": socket.gethostname(), "pid": os.getpid(), "since": _now(),

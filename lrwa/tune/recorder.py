@@ -53,11 +53,13 @@ from lrwa.tune.layout import (
 )
 from lrwa.tune.results import (
     curve_summary,
+    parquet_table,
     read_curve_rows,
     replace_from,
     write_curve,
     write_trials_table,
 )
+from lrwa.tune.search import lost_trials
 from lrwa.tune.storage import StudyStore
 from lrwa.tune.study import Study
 
@@ -81,6 +83,7 @@ class Session:
     budget_s: float | None = None
     budget_hit: bool = False
     timer: threading.Timer | None = None
+    on_started: Callable[[], None] | None = None  # called once Tune's experiment exists
 
     def start_budget(self) -> None:
         if self.budget_s is None or self.timer is not None:
@@ -168,6 +171,8 @@ class StudyRecorder(Callback):
         session = SESSIONS.get(self.store.location())
         if session is not None:
             session.start_budget()
+            if session.on_started is not None:
+                session.on_started()
 
     def on_step_begin(self, iteration: int, trials: list[Any], **info: Any) -> None:
         if not self._reconciled:
@@ -196,7 +201,7 @@ class StudyRecorder(Callback):
                                                 for name in EPOCH_METRICS}}
         rows = replace_from(self._rows_of(trial.trial_id), row)
         self._rows[trial.trial_id] = rows
-        settings = self.study.trial_config(trial.config).to_dict()
+        settings = self.study.trial_settings(trial.config)
         write_curve(self.store, trial.trial_id, self.study.searched, settings, rows)
         summary = curve_summary(rows)
         self.out(f"{self._label(trial, trials)}  epoch {row['epoch']}/{self.study.epochs}  "
@@ -212,6 +217,7 @@ class StudyRecorder(Callback):
         self._record_end(trial, trials, failure=error_of_failed_trial(trial))
 
     def on_experiment_end(self, trials: list[Any], **info: Any) -> None:
+        self._fail_lost(trials)
         self.write_table()
         push_journal(self.store)
 
@@ -249,32 +255,34 @@ class StudyRecorder(Callback):
 
     def _reconcile(self, trials: list[Any]) -> None:
         """At the first step of a session: trials Tune restored as finished whose end the
-        journal lacks (a stale journal copy) are recorded now; journal trials that Tune
-        never recorded (the driver died in between) can never run and are failed."""
+        journal lacks (a stale journal copy) are recorded now. Journal trials that Tune
+        never recorded (the driver died in between) are left running: the restored
+        searcher hands them to the trials Ray asks for in their place (`search.py`)."""
         if self.optuna_study is None:
             return
         known = {trial.trial_id: trial for trial in trials}
-        changed = False
         for trial_id, journal_trial in lrwa_trials(self.optuna_study).items():
-            if journal_trial.state.is_finished():
-                continue
             trial = known.get(trial_id)
-            if trial is None:
+            if (trial is not None and not journal_trial.state.is_finished()
+                    and trial.status in ("TERMINATED", "ERROR")):
+                self._record_end(trial, trials, failure=None if trial.status == "TERMINATED"
+                                 else error_of_failed_trial(trial))
+
+    def _fail_lost(self, trials: list[Any]) -> None:
+        """Once Ray has ended every trial of the budget, a journal trial it never heard of
+        can no longer be handed on: it fails, so no trial stays RUNNING."""
+        if self.optuna_study is None or len(trials) < self.study.trials or any(
+                trial.status not in ("TERMINATED", "ERROR") for trial in trials):
+            return
+        for journal_trial in lost_trials(self.optuna_study,
+                                         known={trial.trial_id for trial in trials}):
+            if TRIAL_ID_ATTR in journal_trial.user_attrs:
                 record_outcome(self.optuna_study, journal_trial, ERRORED, [], [],
                                {ERROR_ATTR: "lost: the driver stopped before Ray Tune "
                                             "recorded this trial"})
-                changed = True
-            elif trial.status in ("TERMINATED", "ERROR"):
-                self._record_end(trial, trials, failure=None if trial.status == "TERMINATED"
-                                 else error_of_failed_trial(trial))
-        for frozen in self.optuna_study.get_trials(deepcopy=False):
-            if TRIAL_ID_ATTR not in frozen.user_attrs and frozen.state == TrialState.RUNNING:
-                self.optuna_study.tell(frozen.number, state=TrialState.FAIL,
+            else:  # asked of Optuna, never given to a trial: nothing to show for it
+                self.optuna_study.tell(journal_trial.number, state=TrialState.FAIL,
                                        skip_if_finished=True)
-                changed = True
-        if changed:
-            self.write_table()
-            push_journal(self.store)
 
     # -- the trial table ----------------------------------------------------------------
 
@@ -292,7 +300,7 @@ class StudyRecorder(Callback):
         if (trial_id not in self._rows and previous is not None
                 and previous.get("status") == status and status != UNFINISHED):
             return previous  # a finished trial's row never changes
-        config = self.study.trial_config(journal_trial.params).to_dict()
+        config = self.study.trial_settings(journal_trial.params)
         summary = curve_summary(self._rows_of(trial_id))
         attrs = journal_trial.user_attrs
         teacher_acc = attrs.get("teacher_acc")
@@ -316,14 +324,16 @@ def load_trials_safely(store: StudyStore) -> dict[str, dict[str, Any]]:
     """The previous trial table by trial id (empty when missing or unreadable: it is a
     view that is rebuilt)."""
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
     data = store.read_bytes(TRIALS_FILE)
     if data is None:
         return {}
     try:
-        rows = pq.read_table(pa.BufferReader(data)).to_pylist()
-    except (pa.ArrowInvalid, OSError):
+        table = parquet_table(data)
+        rows = table.to_pylist()
+    except (pa.ArrowException, OSError, ValueError):  # damaged bytes fail in many ways
+        return {}
+    if not {"trial_id", "status"} <= set(table.column_names):
         return {}
     return {str(row["trial_id"]): row for row in rows}
 

@@ -78,6 +78,13 @@ def _number(value: Any) -> float:
     return math.nan if value is None else float(value)
 
 
+def parquet_table(data: bytes) -> pa.Table:
+    """A Parquet file's bytes as a table, decoded on the calling thread: Arrow's thread
+    pool reading an in-memory buffer sometimes aborts the process at exit
+    (apache/arrow#33975)."""
+    return pq.ParquetFile(pa.BufferReader(data)).read(use_threads=False)
+
+
 def _parquet_bytes(table: pa.Table) -> bytes:
     sink = io.BytesIO()
     pq.write_table(table, sink)
@@ -103,8 +110,8 @@ def read_curve_rows(store: StudyStore, trial_id: str) -> list[dict[str, Any]]:
     if data is None:
         return []
     try:
-        return pq.read_table(pa.BufferReader(data)).to_pylist()
-    except (pa.ArrowInvalid, OSError):
+        return parquet_table(data).to_pylist()
+    except (pa.ArrowException, OSError, ValueError):
         return []  # a damaged file is rewritten whole by the trial's next report
 
 
@@ -180,8 +187,8 @@ def load_trials(store: StudyStore) -> pd.DataFrame:
     if data is None:
         return pd.DataFrame()
     try:
-        return pq.read_table(pa.BufferReader(data)).to_pandas()
-    except (pa.ArrowInvalid, OSError) as error:
+        return parquet_table(data).to_pandas()
+    except (pa.ArrowException, OSError, ValueError) as error:
         raise _unreadable(store, TRIALS_FILE, error) from None
 
 

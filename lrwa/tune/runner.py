@@ -15,9 +15,10 @@ import dataclasses
 import json
 import logging
 import os
+import threading
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import yaml
@@ -177,6 +178,38 @@ def quiet_ray() -> Iterator[None]:
             os.environ["RAY_AIR_NEW_OUTPUT"] = previous_output
 
 
+@contextlib.contextmanager
+def _one_new_experiment_per_second() -> Iterator[Callable[[], None]]:
+    """Ray stages a driver's experiment state in a folder named by the second the
+    experiment began and its name ("ray" for every study), shared by all drivers of one
+    node (ray-project/ray#35006): two studies begun in the same second would write each
+    other's state. Drivers on a node therefore begin experiments one at a time, a second
+    apart; the hold ends once Tune has made the experiment (the recorder's `setup` calls
+    the yielded function) or when the block ends."""
+    import fcntl
+    import tempfile
+
+    path = os.path.join(tempfile.gettempdir(), f"lrwa-tune-start-{os.getuid()}.lock")
+    handle = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    fcntl.flock(handle, fcntl.LOCK_EX)
+    # Let go a second after the experiment began, without holding up this driver.
+    timer = threading.Timer(1.05, fcntl.flock, args=(handle, fcntl.LOCK_UN))
+    timer.daemon = True
+
+    def release() -> None:
+        if not timer.is_alive() and not timer.finished.is_set():
+            timer.start()
+
+    try:
+        yield release
+    finally:
+        if timer.is_alive():
+            timer.join()
+        elif not timer.finished.is_set():
+            fcntl.flock(handle, fcntl.LOCK_UN)
+        os.close(handle)
+
+
 def _trial_name(trial: Any) -> str:
     """Trial folders and names are the trial id (also the curve file's name)."""
     return str(trial.trial_id)
@@ -302,11 +335,12 @@ def run_study(study: Study, storage: str | os.PathLike[str] = DEFAULT_STORAGE,
                 out(f"teacher: {teacher.metadata['arch']} on {teacher.metadata['dataset']}, "
                     f"test accuracy {100 * accuracy:.2f}%")
             context = TrialContext(study=study, store=store, decided=ended, faults=faults)
-            with quiet_ray():
+            with quiet_ray(), _one_new_experiment_per_second() as started:
                 tuner, resumed = build_tuner(study, store, teacher, concurrency, context, out)
                 out(f"{'resuming' if resumed else 'starting'} study '{study.name}': "
                     f"{study.trials} trials, up to {concurrency} at a time -> "
                     f"{store.location()}")
+                session.on_started = started
                 tuner.fit()
         finally:
             session.cancel()

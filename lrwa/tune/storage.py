@@ -212,8 +212,12 @@ class StudyStore:
     # -- the study as a whole -----------------------------------------------------------
 
     def holds_anything(self) -> bool:
-        """Whether the study holds files other than hidden ones (locks, probes)."""
-        return any(not path.rpartition("/")[2].startswith(".") for path in self.list_files())
+        """Whether the study holds files other than hidden ones (locks, probes) and the
+        lease of the driver holding it (`lock.py`)."""
+        from lrwa.tune.layout import LOCK_FILE
+
+        return any(not path.rpartition("/")[2].startswith(".") and path != LOCK_FILE
+                   for path in self.list_files())
 
     def check_writable(self) -> None:
         """Write and remove a probe, so a missing bucket, a denied write or a read-only

@@ -37,17 +37,29 @@ from lrwa.tune.study import Study
 TRAIN_DIR = "train"  # Ray Train's checkpoints of data-parallel trials
 
 
+FAULT_ACTIONS = ("raise", "interrupt", "kill", "kill-trial")
+
+
 @dataclasses.dataclass(frozen=True)
 class FaultPlan:
     """Test-only faults at the end of `epoch`, before Tune hears of it: once per study in
     the first trial to get there (a marker file remembers), or in every trial when
     `marker` is empty. "raise" fails the engine; "interrupt" sends SIGUSR1 to the driver
-    (Tune's Ctrl+C); "kill" SIGKILLs the driver. The CLI never sets one."""
+    (Tune's Ctrl+C); "kill" SIGKILLs the driver; "kill-trial" SIGKILLs the trial's own
+    process, as the kernel's out-of-memory killer would. The CLI never sets one."""
 
     epoch: int
     marker: str = ""
     action: str = "raise"
     driver_pid: int = 0
+
+    def __post_init__(self) -> None:
+        if self.action not in FAULT_ACTIONS:
+            raise ValueError(f"FaultPlan.action {self.action!r} is not one of {FAULT_ACTIONS}")
+        if self.action in ("interrupt", "kill") and self.driver_pid <= 0:
+            # os.kill(0 or -1, ...) would signal a whole process group, or every process.
+            raise ValueError(f"FaultPlan {self.action!r} needs the driver's pid, got "
+                             f"{self.driver_pid}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,6 +70,11 @@ class TrialContext:
     store: StudyStore
     decided: frozenset[str] = frozenset()  # trials whose end the journal already holds
     faults: FaultPlan | None = None
+
+
+def warm_up() -> None:
+    """Ray's worker setup hook (runner.ensure_ray): this module is imported, so torch and
+    the engine are, before any trial needs the worker."""
 
 
 def error_text(error: BaseException) -> str:
@@ -78,6 +95,8 @@ def _inject_fault(plan: FaultPlan | None, epoch: int) -> None:
         from lrwa.distiller import NonFiniteLoss
 
         raise NonFiniteLoss(f"non-finite loss_acq at epoch {epoch} (injected by a test)")
+    if plan.action == "kill-trial":
+        os.kill(os.getpid(), signal.SIGKILL)
     os.kill(plan.driver_pid, signal.SIGUSR1 if plan.action == "interrupt" else signal.SIGKILL)
 
 
