@@ -164,6 +164,9 @@ class Resources(_Section):
     cpus: float = Field(1.0, gt=0)
     gpus: float = Field(0.0, ge=0)
     workers: Whole = Field(1, ge=1, le=1024)
+    # Epochs between checkpoints Ray persists (and the last epoch always): a paper-scale
+    # ResNet trial uploads ~220 MB a checkpoint; a restart repeats at most this many epochs.
+    checkpoint_every: Whole = Field(1, ge=1, le=100_000)
 
 
 class Sampler(_Section):
@@ -275,6 +278,7 @@ class Study:
     source: str
     variants: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
     mlflow: dict[str, str] | None = None
+    checkpoint_every: int = 1
     is_smoke: bool = False
 
     @property
@@ -317,10 +321,10 @@ class Study:
         return json.loads(json.dumps(data, default=list))
 
     def fingerprint(self) -> str:
-        """The hash that guards resumption. The time budget is left out: it belongs to each
-        invocation (`lrwa tune` runs with the file's budget and a rerun may change it)."""
+        """The hash that guards resumption. The time budget and the checkpoint interval are
+        left out: they belong to each invocation, and a rerun may change them."""
         resolved = {key: value for key, value in self.to_dict().items()
-                    if key not in ("time_budget_s", "description")}
+                    if key not in ("time_budget_s", "description", "checkpoint_every")}
         canonical = json.dumps(resolved, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
@@ -354,7 +358,8 @@ def _raw_of(study: Study) -> dict[str, Any]:
         "objective": [o.model_dump() for o in study.objectives],
         "budget": {"trials": study.trials, "time_budget_s": study.time_budget_s,
                    "max_concurrent": study.max_concurrent},
-        "resources": {"cpus": study.cpus, "gpus": study.gpus, "workers": study.workers},
+        "resources": {"cpus": study.cpus, "gpus": study.gpus, "workers": study.workers,
+                      "checkpoint_every": study.checkpoint_every},
         "sampler": {"type": study.sampler, "n_startup_trials": study.n_startup_trials},
         "scheduler": ({"type": "asha", "grace_period": study.grace_period,
                        "reduction_factor": study.reduction_factor}
@@ -457,7 +462,7 @@ def _resolve(file: StudyFile, source: str) -> Study:
         reduction_factor=scheduler.reduction_factor, points_to_evaluate=points,
         seed=file.seed, smoke={key: value for key, value in file.smoke.model_dump().items()
                                if value},
-        source=source, variants=variants,
+        source=source, variants=variants, checkpoint_every=resources.checkpoint_every,
         mlflow=None if mlflow is None else {k: v for k, v in mlflow.model_dump().items() if v})
 
 

@@ -154,7 +154,9 @@ def _run(params: dict[str, Any], context: TrialContext, teacher: Teacher, trial_
     def on_epoch(row: dict[str, Any]) -> None:
         nonlocal reported
         _inject_fault(context.faults, int(row["epoch"]))
-        _report(run_dir, row, checkpoint=True)
+        epoch = int(row["epoch"])
+        _report(run_dir, row, checkpoint=epoch % study.checkpoint_every == 0
+                or epoch >= config.epochs)
         reported = True
 
     if study.workers == 1:
