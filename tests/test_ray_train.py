@@ -8,6 +8,7 @@ checks as much as it can.
 from __future__ import annotations
 
 import math
+import re
 import time
 from pathlib import Path
 
@@ -91,8 +92,16 @@ def test_batch_that_does_not_split_is_refused():
         per_worker_config(_config(batch_size=33), WORKERS)
 
 
-def test_run_name_is_deterministic(tmp_path):
-    assert run_name(tmp_path / "a") == run_name(tmp_path / "a") != run_name(tmp_path / "b")
+def test_run_names_are_safe_and_two_folders_of_one_name_never_share_one(tmp_path):
+    # Runs that share a --storage (one bucket for a team) each get their own Ray folder,
+    # even when both run folders are called "run".
+    first, second = run_name(tmp_path / "a" / "run"), run_name(tmp_path / "b" / "run")
+    assert re.fullmatch(r"lrwa-run-[0-9a-f]{10}", first) and first[:-10] == second[:-10]
+    assert first[-10:] != second[-10:]
+    # A folder name that is no safe path component is kept readable, bounded and plain.
+    odd = run_name(tmp_path / ("my run: ëxp|..|" * 8))
+    assert re.fullmatch(r"lrwa-(.{40})-[0-9a-f]{10}", odd)[1] == ("my-run-xp-..-" * 8)[:40]
+    assert re.fullmatch(r"lrwa-run-[0-9a-f]{10}", run_name(Path("/")))  # no name at all
 
 
 def test_a_held_run_folder_is_refused_before_any_worker_starts(tmp_path, teacher):

@@ -187,14 +187,41 @@ def test_bad_arguments_are_user_errors() -> None:
                      device="cpu", seed=0)
 
 
-def test_build_replay_builds_each_kind() -> None:
-    common = {"capacity": 4, "image_shape": (1, 8, 8), "insertion": "reservoir",
-              "teacher": tiny_teacher(), "replay_count": 2, "vae_latent_dim": 4, "vae_lr": 1e-3,
-              "vae_kl_weight": 1e-5, "device": "cpu", "seed": 0}
-    assert isinstance(build_replay("none", **common), NoReplay)
-    memory = build_replay("memory", **common)
-    assert isinstance(memory, MemoryBank) and memory.insertion == "reservoir"
-    assert isinstance(build_replay("generative", **common), GenerativeReplay)
+BUILD = {"capacity": 4, "image_shape": (1, 8, 8), "insertion": "reservoir", "replay_count": 2,
+         "vae_latent_dim": 4, "vae_lr": 1e-2, "vae_kl_weight": 1e-3, "device": "cpu", "seed": 5}
+
+
+def test_build_replay_none_keeps_nothing() -> None:
+    none = build_replay("none", teacher=tiny_teacher(), **BUILD)
+    none.add(constant_images(range(10), (1, 8, 8)))
+    assert not none.can_sample(1) and none.fill() == 0.0 and none.state_dict() == {"kind": "none"}
+
+
+def test_build_replay_memory_is_the_bank_its_settings_describe() -> None:
+    built = build_replay("memory", teacher=tiny_teacher(), **BUILD)
+    direct = MemoryBank(4, (1, 8, 8), "reservoir", seed=5)
+    for bank in (built, direct):
+        bank.add(constant_images(range(10), (1, 8, 8)))
+    # Seed 5's reservoir keeps neither FIFO's newest [6, 7, 8, 9] nor seed 0's choice.
+    assert labels(built.contents()) == labels(direct.contents()) == [0, 5, 8, 4]
+    assert torch.equal(built.sample(3), direct.sample(3))
+
+
+def test_build_replay_generative_is_the_vae_its_settings_describe() -> None:
+    teacher = tiny_teacher()
+    torch.manual_seed(0)  # the VAE's initial weights come from torch's global RNG
+    built = build_replay("generative", teacher=teacher, **BUILD)
+    torch.manual_seed(0)
+    direct = GenerativeReplay(VAE(4, 1, 8), teacher, lr=1e-2, kl_weight=1e-3, replay_count=2,
+                              seed=5)
+    # Two steps: the second also replays replay_count of the VAE's own samples. Any setting
+    # not passed on (latent size, lr, KL weight, replay count, seed) changes the samples.
+    for replay in (built, direct):
+        replay.add(fixed_batch())
+        replay.add(fixed_batch())
+    assert torch.equal(built.sample(3), direct.sample(3))
+    with pytest.raises(LrwaError, match="generative replay needs square images, got 8x6"):
+        build_replay("generative", teacher=teacher, **{**BUILD, "image_shape": (1, 8, 6)})
 
 
 # ---------------------------------------------------------------- generative replay

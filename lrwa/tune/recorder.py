@@ -21,7 +21,7 @@ import math
 import os
 import signal
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +56,7 @@ from lrwa.tune.results import (
     parquet_table,
     read_curve_rows,
     replace_from,
+    trials_schema,
     write_curve,
     write_trials_table,
 )
@@ -289,7 +290,7 @@ class StudyRecorder(Callback):
     def write_table(self) -> None:
         if self.optuna_study is None:
             return
-        previous = load_trials_safely(self.store)
+        previous = load_trials_safely(self.store, self.study.searched)
         records = [self.record(trial_id, journal_trial, previous.get(trial_id))
                    for trial_id, journal_trial in lrwa_trials(self.optuna_study).items()]
         write_trials_table(self.store, self.study.searched, records)
@@ -320,9 +321,10 @@ class StudyRecorder(Callback):
         }
 
 
-def load_trials_safely(store: StudyStore) -> dict[str, dict[str, Any]]:
-    """The previous trial table by trial id (empty when missing or unreadable: it is a
-    view that is rebuilt)."""
+def load_trials_safely(store: StudyStore, searched: Sequence[str] | None = None
+                       ) -> dict[str, dict[str, Any]]:
+    """The previous trial table by trial id (empty when missing, unreadable or not of this
+    study's schema: it is a view that is rebuilt)."""
     import pyarrow as pa
 
     data = store.read_bytes(TRIALS_FILE)
@@ -333,7 +335,8 @@ def load_trials_safely(store: StudyStore) -> dict[str, dict[str, Any]]:
         rows = table.to_pylist()
     except (pa.ArrowException, OSError, ValueError):  # damaged bytes fail in many ways
         return {}
-    if not {"trial_id", "status"} <= set(table.column_names):
+    if not {"trial_id", "status"} <= set(table.column_names) or (
+            searched is not None and not table.schema.equals(trials_schema(searched))):
         return {}
     return {str(row["trial_id"]): row for row in rows}
 

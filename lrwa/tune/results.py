@@ -82,12 +82,15 @@ def parquet_table(data: bytes) -> pa.Table:
     """A Parquet file's bytes as a table, decoded on the calling thread: Arrow's thread
     pool reading an in-memory buffer sometimes aborts the process at exit
     (apache/arrow#33975)."""
-    return pq.ParquetFile(pa.BufferReader(data)).read(use_threads=False)
+    # Every page carries a checksum (`_parquet_bytes`), so damaged bytes fail here instead
+    # of reading back as misspelt columns or wrong values.
+    return pq.ParquetFile(pa.BufferReader(data), page_checksum_verification=True).read(
+        use_threads=False)
 
 
 def _parquet_bytes(table: pa.Table) -> bytes:
     sink = io.BytesIO()
-    pq.write_table(table, sink)
+    pq.write_table(table, sink, write_page_checksum=True)
     return sink.getvalue()
 
 
