@@ -556,3 +556,18 @@ def test_mlflow_logs_every_trial_through_rays_logger(ray_session, teacher_file, 
         curve = curves[curves["trial_id"] == trial_id]["test_acc"].tolist()
         assert [metric.value for metric in history] == pytest.approx(curve)
         assert float(run.data.params["alpha"]) in set(curves["alpha"])
+
+
+def test_checkpoints_every_n_epochs_and_always_the_last(ray_session, teacher_file, tmp_path):
+    study = load_study_file(write_study_file(
+        tmp_path, teacher_file, base={"epochs": 5}, budget={"trials": 1, "max_concurrent": 1},
+        resources={"checkpoint_every": 2}))
+    outcome = run_study(study, tmp_path / "results")
+    assert outcome.complete and outcome.statuses["completed"] == 1
+    trials, curves, _ = assert_one_truth(outcome.store.local_path(), budget=1)
+    assert list(curves["epoch"]) == [1, 2, 3, 4, 5]
+    folder = outcome.store.local_path(trials.loc[0, "run_dir"])
+    # Ray keeps the newest two: epoch 4 (every 2nd) and epoch 5 (the last).
+    kept = [pq.read_table(path / "metrics.parquet").column("epoch").to_pylist()[-1]
+            for path in sorted(folder.glob("checkpoint_*"))]
+    assert kept == [4, 5]
