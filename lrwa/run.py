@@ -22,6 +22,7 @@ format so `lrwa teacher eval` reads it).
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -237,9 +238,12 @@ def _out_of_memory(error: BaseException) -> bool:
 def run_distillation(config: DistillConfig | None, out_dir: str | Path, resume: bool = False,
                      overrides: Mapping[str, Any] | None = None, teacher: Teacher | None = None,
                      on_epoch: EpochCallback | None = None,
-                     progress: bool = True) -> dict[str, Any]:
+                     progress: bool = True,
+                     evaluation: Evaluation | None = None) -> dict[str, Any]:
     """Run `config` in a new `out_dir`, or resume the run there (`overrides`: explicit keys).
 
+    `evaluation` is the evaluation split when the caller already holds it (a study's
+    driver hands it to every trial instead of each trial reading the data set again).
     Returns the summary dict.
     """
     out_dir = Path(out_dir)
@@ -255,7 +259,7 @@ def run_distillation(config: DistillConfig | None, out_dir: str | Path, resume: 
             config = absolute_paths(config)
         teacher = teacher or resolve_teacher(config, progress=progress)
         check_batches_fit(config, teacher.spec)
-        run = _Run(config, out_dir, teacher)
+        run = _Run(config, out_dir, teacher, evaluation)
         try:
             return run.train(has_checkpoint, write_config=not resume, on_epoch=on_epoch)
         except NonFiniteLoss as error:
@@ -268,11 +272,33 @@ def run_distillation(config: DistillConfig | None, out_dir: str | Path, resume: 
                             f"{run.kept()}") from None
 
 
+@dataclasses.dataclass(frozen=True)
+class Evaluation:
+    """An evaluation split already in memory: which data set and split it is, and its
+    tensors (the uint8 images are normalised by `ImageDataset.tensors`)."""
+
+    dataset: str
+    split: str
+    images: torch.Tensor
+    labels: torch.Tensor
+
+    @classmethod
+    def load(cls, dataset: str, config: DistillConfig) -> Evaluation:
+        images, labels = load_split(dataset, config.eval_split, data_root=config.data_root,
+                                    download=config.download).tensors()
+        return cls(dataset, config.eval_split, images, labels)
+
+    def matches(self, dataset: str, config: DistillConfig) -> bool:
+        return (self.dataset, self.split) == (dataset, config.eval_split)
+
+
 class _Run:
     """The training part of `run_distillation`, keeping what a failure message must tell."""
 
-    def __init__(self, config: DistillConfig, out_dir: Path, teacher: Teacher) -> None:
+    def __init__(self, config: DistillConfig, out_dir: Path, teacher: Teacher,
+                 evaluation: Evaluation | None = None) -> None:
         self.config, self.out_dir, self.teacher = config, out_dir, teacher
+        self.evaluation = evaluation
         self.distiller: Distiller | None = None
 
     def kept(self) -> str:
@@ -285,9 +311,12 @@ class _Run:
               on_epoch: EpochCallback | None) -> dict[str, Any]:
         config, out_dir, teacher = self.config, self.out_dir, self.teacher
         spec = teacher.spec
-        eval_images, eval_labels = load_split(spec.name, config.eval_split,
-                                              data_root=config.data_root,
-                                              download=config.download).tensors()
+        if self.evaluation is not None and self.evaluation.matches(spec.name, config):
+            eval_images, eval_labels = self.evaluation.images, self.evaluation.labels
+        else:
+            eval_images, eval_labels = load_split(spec.name, config.eval_split,
+                                                  data_root=config.data_root,
+                                                  download=config.download).tensors()
         device = resolve_device(config.device)
         self.distiller = distiller = Distiller(config, teacher.model, spec,
                                                eval_images.to(device), eval_labels,

@@ -50,3 +50,5 @@ VERSION_KEYS = ("lrwa", "python", "torch", "ray", "optuna", "pyarrow", "numpy", 
 # Optuna user attributes that link a journal trial to lrwa.
 TRIAL_ID_ATTR, RUN_DIR_ATTR, ERROR_ATTR = "trial_id", "run_dir", "error"
 VERSIONS_ATTR = "versions"
+# What a trial reports, instead of an epoch, when the engine stopped it with an error.
+ERROR_KEY = "error"

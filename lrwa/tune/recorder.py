@@ -40,6 +40,7 @@ from lrwa.tune.layout import (
     COMPLETED,
     EPOCH_METRICS,
     ERROR_ATTR,
+    ERROR_KEY,
     ERRORED,
     RAY_DIR,
     RUN_DIR_ATTR,
@@ -65,7 +66,6 @@ from lrwa.tune.storage import StudyStore
 from lrwa.tune.study import Study
 
 Printer = Callable[[str], None]
-ERROR_KEY = "error"  # what a trial reports when the engine stopped it (trainable.py)
 
 
 def print_line(line: str) -> None:

@@ -25,7 +25,7 @@ import yaml
 
 from lrwa.errors import LrwaError
 from lrwa.provenance import versions
-from lrwa.run import resolve_teacher
+from lrwa.run import Evaluation, resolve_teacher
 from lrwa.tune.integrity import record_state, verify_state
 from lrwa.tune.journal import journal_storage, lrwa_trials, open_optuna_study, pull_journal
 from lrwa.tune.layout import (
@@ -133,19 +133,14 @@ def _set_aside_unrestorable(store: StudyStore, out: Printer) -> None:
 def ensure_ray(num_cpus: int | None = None) -> bool:
     """Start a quiet local Ray (or join RAY_ADDRESS's) unless one is up; True if started.
 
-    Ray starts its worker processes ahead of need; each imports the trial's code (torch
-    included) as it starts (`trainable.warm_up`), so the first trial of a study does not
-    wait seconds for the imports."""
+    With a CPU count, a Ray of its own; without, Ray's default: RAY_ADDRESS or a running
+    local cluster if there is one, else a new one with every core."""
     import ray
 
     if ray.is_initialized():
         return False
-    # With a CPU count, a Ray of its own; without, Ray's default: RAY_ADDRESS or a running
-    # local cluster if there is one, else a new one with every core.
     ray.init(address="local" if num_cpus else None, num_cpus=num_cpus,
-             include_dashboard=False, log_to_driver=False,
-             logging_level=logging.ERROR,
-             runtime_env={"worker_process_setup_hook": "lrwa.tune.trainable.warm_up"})
+             include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR)
     return True
 
 
@@ -242,7 +237,8 @@ def build_tuner(study: Study, store: StudyStore, teacher: Any, concurrency: int,
     from lrwa.tune.search import SignedSearchGenerator, StudySearch
 
     trainable = tune.with_resources(
-        tune.with_parameters(train_trial, context=context, teacher=teacher),
+        tune.with_parameters(train_trial, context=context, teacher=teacher,
+                             evaluation=Evaluation.load(teacher.spec.name, study.base_config())),
         tune.PlacementGroupFactory(trial_bundles(study)))
     storage_path, filesystem = store.ray_storage()
     experiment = f"{storage_path}/{RAY_DIR}"

@@ -25,11 +25,10 @@ import signal
 from pathlib import Path
 from typing import Any
 
-from lrwa.run import run_distillation
+from lrwa.run import Evaluation, run_distillation
 from lrwa.sinks import METRICS_FILE, SUMMARY_FILE
 from lrwa.teacher import Teacher
-from lrwa.tune.layout import EPOCH_METRICS, OBJECTIVE_METRICS
-from lrwa.tune.recorder import ERROR_KEY
+from lrwa.tune.layout import EPOCH_METRICS, ERROR_KEY, OBJECTIVE_METRICS
 from lrwa.tune.resources import worker_cpus
 from lrwa.tune.storage import StudyStore
 from lrwa.tune.study import Study
@@ -70,11 +69,6 @@ class TrialContext:
     store: StudyStore
     decided: frozenset[str] = frozenset()  # trials whose end the journal already holds
     faults: FaultPlan | None = None
-
-
-def warm_up() -> None:
-    """Ray's worker setup hook (runner.ensure_ray): this module is imported, so torch and
-    the engine are, before any trial needs the worker."""
 
 
 def error_text(error: BaseException) -> str:
@@ -118,7 +112,8 @@ def _report(run_dir: Path, row: dict[str, Any], checkpoint: bool) -> None:
                 if checkpoint else None)
 
 
-def train_trial(params: dict[str, Any], context: TrialContext, teacher: Teacher) -> None:
+def train_trial(params: dict[str, Any], context: TrialContext, teacher: Teacher,
+                evaluation: Evaluation | None = None) -> None:
     """The Tune function trainable (wrapped by `tune.with_parameters` in the runner)."""
     from ray import tune
 
@@ -131,7 +126,8 @@ def train_trial(params: dict[str, Any], context: TrialContext, teacher: Teacher)
     if checkpoint is not None:
         checkpoint.to_directory(str(run_dir))
     try:
-        _run(params, context, teacher, trial_id, run_dir, resume=checkpoint is not None)
+        _run(params, context, teacher, evaluation, trial_id, run_dir,
+             resume=checkpoint is not None)
     except Exception as error:  # noqa: BLE001 - the engine's errors end the trial, once
         # No epoch, so ASHA ignores this report; the objective keys keep Tune's check of
         # reported metrics content.
@@ -142,8 +138,8 @@ def train_trial(params: dict[str, Any], context: TrialContext, teacher: Teacher)
         shutil.rmtree(run_dir, ignore_errors=True)
 
 
-def _run(params: dict[str, Any], context: TrialContext, teacher: Teacher, trial_id: str,
-         run_dir: Path, resume: bool) -> None:
+def _run(params: dict[str, Any], context: TrialContext, teacher: Teacher,
+         evaluation: Evaluation | None, trial_id: str, run_dir: Path, resume: bool) -> None:
     import pyarrow.parquet as pq
     import torch
 
@@ -162,7 +158,7 @@ def _run(params: dict[str, Any], context: TrialContext, teacher: Teacher, trial_
     if study.workers == 1:
         torch.set_num_threads(max(1, int(study.cpus)))
         run_distillation(None if resume else config, run_dir, resume=resume, teacher=teacher,
-                         on_epoch=on_epoch, progress=False)
+                         on_epoch=on_epoch, progress=False, evaluation=evaluation)
     else:
         from lrwa.ray_train import run_distributed
 
