@@ -119,7 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
     _distill_flags(commands.add_parser("distill", help="distil a student from a teacher"))
 
     commands.add_parser("quickstart", help="the quickstart study on the embedded default, "
-                        "end to end (about 10 minutes on 2 CPU cores)")
+                        "end to end (about 3 min on 2 CPU cores, the teacher's training included)")
 
     from lrwa.tune.commands import add_commands
 

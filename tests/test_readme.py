@@ -28,3 +28,16 @@ def test_quickstart_command_exists():
     from lrwa.cli import build_parser
 
     assert build_parser().parse_args(["quickstart"]).command == "quickstart"
+
+
+def test_the_quickstart_time_is_said_one_way_everywhere():
+    """README, `lrwa --help` and the study file quote one measured estimate."""
+    from lrwa.cli import build_parser
+    from lrwa.tune.study import load_study_file
+
+    readme = " ".join((ROOT / "README.md").read_text().split())
+    estimate = re.search(r"about \d+ min on 2 CPU cores, the teacher's training included",
+                         readme)
+    assert estimate, "README's opening no longer says how long the quickstart takes"
+    assert estimate.group(0) in " ".join(load_study_file("quickstart").description.split())
+    assert estimate.group(0) in " ".join(build_parser().format_help().split())
