@@ -7,22 +7,16 @@ or trains a teacher and each parse takes milliseconds.
 
 from __future__ import annotations
 
-import copy
 import pickle
 
 import pytest
 import yaml
+from tiny_study import SPACE, TINY_BASE, tiny_study_data
 
 from lrwa.errors import LrwaError
 from lrwa.tune.study import Objective, load_study_file, parse_study
 
-BASE = {"student": "lenet5-half", "mode": "meta", "replay": "memory", "epochs": 2,
-        "iters_per_epoch": 2, "student_steps": 2, "batch_size": 32, "generator_width": 8,
-        "latent_dim": 16, "buffer_size": 64, "replay_ratio": 0.25, "insert_every": 1,
-        "device": "cpu"}
-SPACE = {"alpha": {"type": "loguniform", "low": 0.1, "high": 1.0},
-         "buffer_size": {"type": "int", "low": 32, "high": 128, "log": True},
-         "replay_ratio": {"type": "uniform", "low": 0.1, "high": 0.5}}
+BASE = TINY_BASE
 LINEAR = {"buffer_size": {"type": "int", "low": 32, "high": 128}}
 GRID = {"mode": {"type": "categorical", "choices": ["joint", "meta"]},
         "insertion": {"type": "categorical", "choices": ["fifo", "reservoir"]}}
@@ -33,15 +27,7 @@ VARIANTS = {"a": {"mode": "joint"}, "b": {"mode": "meta", "alpha": 0.5}}
 
 
 def study_data(**changes):
-    data = {"name": "tiny", "base": dict(BASE), "space": copy.deepcopy(SPACE),
-            "objective": {"metric": "mean_acc", "direction": "max"},
-            "budget": {"trials": 2, "max_concurrent": 2},
-            "resources": {"cpus": 1, "gpus": 0, "workers": 1},
-            "sampler": {"type": "tpe", "n_startup_trials": 1},
-            "points_to_evaluate": [{"alpha": 0.9, "buffer_size": 64, "replay_ratio": 0.25}],
-            "seed": 3}
-    data.update(changes)
-    return data
+    return {**tiny_study_data(), **changes}
 
 
 def refused(data) -> str:

@@ -16,14 +16,22 @@ ENGINE_METRICS = ["loss_gen", "loss_acq", "loss_ret", "grad_cos", "buffer_fill",
                   "samples_per_s", "train_s", "lr", "test_acc", "wall_s"]
 
 
-def write_study_file(folder, teacher, name="tiny", **changes):
-    data = {"name": name, "base": {**TINY_BASE, "teacher": str(teacher)}, "space": SPACE,
+def tiny_study_data(name="tiny", base=None):
+    """The tiny study's mapping: two trials of the tiny base over SPACE, the paper's point
+    first."""
+    import copy
+
+    return {"name": name, "base": dict(base or TINY_BASE), "space": copy.deepcopy(SPACE),
             "objective": {"metric": "mean_acc", "direction": "max"},
             "budget": {"trials": 2, "max_concurrent": 2},
             "resources": {"cpus": 1, "gpus": 0, "workers": 1},
             "sampler": {"type": "tpe", "n_startup_trials": 1},
             "points_to_evaluate": [{"alpha": 0.9, "buffer_size": 64, "replay_ratio": 0.25}],
             "seed": 3}
+
+
+def write_study_file(folder, teacher, name="tiny", **changes):
+    data = tiny_study_data(name, {**TINY_BASE, "teacher": str(teacher)})
     for key, value in changes.items():
         if isinstance(value, dict) and isinstance(data.get(key), dict):
             data[key] = {**data[key], **value}

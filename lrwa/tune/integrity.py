@@ -82,14 +82,7 @@ def _mac(key: bytes, versions: list[dict[str, str]]) -> str:
 
 
 def _read_record(store: StudyStore) -> dict[str, Any] | None:
-    data = store.read_bytes(RAY_STATE_FILE)
-    if data is None:
-        return None
-    try:
-        record = json.loads(data)
-    except ValueError:
-        return None
-    return record if isinstance(record, dict) and record.get("format") == RECORD_FORMAT else None
+    return store.read_record(RAY_STATE_FILE, RECORD_FORMAT)
 
 
 def _digest_files(folder: Path) -> dict[str, str]:

@@ -197,14 +197,7 @@ def load_trials(store: StudyStore) -> pd.DataFrame:
 
 def read_study_record(store: StudyStore) -> dict[str, Any] | None:
     """study.json of the study, or None when there is none (or not an lrwa one)."""
-    data = store.read_bytes(STUDY_JSON)
-    if data is None:
-        return None
-    try:
-        record = json.loads(data)
-    except ValueError:
-        return None
-    return record if isinstance(record, dict) and record.get("format") == STUDY_FORMAT else None
+    return store.read_record(STUDY_JSON, STUDY_FORMAT)
 
 
 def open_results(location: str) -> StudyStore:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import hashlib
+import json
 import os
 import time
 import uuid
@@ -204,6 +205,17 @@ class StudyStore:
             self.filesystem.delete_file(target)
         elif kind == pafs.FileType.Directory:
             self.filesystem.delete_dir(target)
+
+    def read_record(self, relative: str, record_format: str) -> dict[str, Any] | None:
+        """A JSON record lrwa wrote (its "format" names what it is), or None when there is
+        none, or the file is not one."""
+        data = self.read_bytes(relative)
+        try:
+            record = json.loads(data) if data is not None else None
+        except ValueError:
+            return None
+        return record if isinstance(record, dict) and record.get("format") == record_format \
+            else None
 
     def digest(self, relative: str) -> str | None:
         data = self.read_bytes(relative)
