@@ -187,8 +187,9 @@ def plot_curves_by_mode(store: StudyStore, curves: pd.DataFrame) -> str | None:
         mean, count = by_epoch.mean(), by_epoch.count()
         spread = (f"{count.iloc[0]}" if count.nunique() == 1
                   else f"{count.max()} to {count.min()}")
+        trials = "trial" if spread == "1" else "trials"
         axis.plot(mean.index, 100 * mean.to_numpy(), color=colour, linewidth=2.5,
-                  label=f"{mode} / {replay}: mean of {spread} trials per epoch")
+                  label=f"{mode} / {replay}: mean of {spread} {trials} per epoch")
         counts_axis.step(count.index, count.to_numpy(), where="mid", color=colour,
                          linestyle=":", alpha=0.6)
     counts_axis.set_ylabel("trials averaged (dotted)")
@@ -196,7 +197,7 @@ def plot_curves_by_mode(store: StudyStore, curves: pd.DataFrame) -> str | None:
     _integer_axis(counts_axis.yaxis)
     _integer_axis(axis.xaxis)
     _finish(axis, "epoch", "test accuracy (%)", "learning curves by mode and replay", None)
-    axis.legend(fontsize=8, loc="lower right")
+    axis.legend(fontsize=8, loc="best")
     return _save(store, figure, "learning_curves_by_mode.png")
 
 
