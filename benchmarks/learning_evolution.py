@@ -11,9 +11,6 @@ the Optuna journal for the wall time) and writes the tables, verdicts and plot:
     lrwa tune learning_evolution --storage runs/evidence          # 8 variants x 5 seeds, test
     python benchmarks/learning_evolution.py --storage runs/evidence
 
-(Until the shipped studies import as `lrwa.studies`, pass the files instead of the names:
-tune_studies/learning_evolution_tuning.yaml, tune_studies/learning_evolution.yaml.)
-
 It writes, into --out-dir (default benchmarks/): BENCHMARKS.md, whose discussion comes
 from learning_evolution_notes.md; learning_evolution_curves.csv (the final study, one row
 per run and epoch); learning_evolution_tuning.csv (one row per tuning trial); and
