@@ -135,6 +135,21 @@ def active_wall_s(storage: Path, name: str) -> float | None:
     return total
 
 
+def resumed_trials(storage: Path, name: str) -> int | None:
+    """How many trials Ray resumed from a checkpoint (after their process or the driver
+    stopped): those whose results restart the count `iterations_since_restore` mid-run.
+    Read from Ray's per-trial result.json, so only for folder storage."""
+    folder = storage / name / "ray"
+    if not folder.is_dir():
+        return None
+    resumed = 0
+    for results in folder.glob("*/result.json"):
+        rows = [json.loads(line) for line in results.read_text().splitlines() if line.strip()]
+        resumed += any(row.get("iterations_since_restore") != row.get("training_iteration")
+                       for row in rows)
+    return resumed
+
+
 # -- the tuning study -------------------------------------------------------------------------
 
 def tuning_grid(trials: pd.DataFrame) -> pd.DataFrame:
@@ -451,7 +466,8 @@ def setup_text(study: dict[str, Any], teacher_acc: float) -> str:
 
 
 def header(storage: Path, trials: pd.DataFrame, tuning_trials: pd.DataFrame,
-           walls: tuple[float | None, float | None]) -> list[str]:
+           walls: tuple[float | None, float | None],
+           resumed: tuple[int | None, int | None]) -> list[str]:
     shas = sorted(set(trials["version_git"].dropna()) | set(tuning_trials["version_git"]
                                                              .dropna()))
     trial_hours = (tuning_trials["wall_s"].sum() + trials["wall_s"].sum()) / 3600
@@ -470,7 +486,12 @@ def header(storage: Path, trials: pd.DataFrame, tuning_trials: pd.DataFrame,
         "",
         (f"Wall time: tuning {hours(walls[0])}, final study {hours(walls[1])}: the time "
          f"trials were running, from the Optuna journals ({len(tuning_trials)} + "
-         f"{len(trials)} trials, {trial_hours:.2f} h of trial time in all)."),
+         f"{len(trials)} trials, {trial_hours:.2f} h of trial time in all)."
+         + ("" if None in resumed else
+            f" Ray resumed {resumed[0]} tuning and {resumed[1]} final trials from their last "
+            "checkpoint after their process or the driver had stopped (`ray/*/result.json`); "
+            "on the CPU a resumed run continues exactly as if uninterrupted "
+            "(tests/test_distiller.py).")),
     ]
 
 
@@ -542,7 +563,8 @@ def report(storage: Path, out_dir: Path) -> str:
          f"mnist5k, lenet5 -> lenet5-half, test split: mean over {kept['seed'].nunique()} "
          "seeds, band = min..max over seeds")
     walls = (active_wall_s(storage, TUNING_STUDY), active_wall_s(storage, FINAL_STUDY))
-    sections = [*header(storage, trials, tuning_trials, walls), "",
+    resumed = (resumed_trials(storage, TUNING_STUDY), resumed_trials(storage, FINAL_STUDY))
+    sections = [*header(storage, trials, tuning_trials, walls, resumed), "",
                 *final_section(trials, kept, study, grid, chosen, image), "",
                 *tuning_section(tuning_trials, tuning_study, grid, chosen)]
     notes = HERE / "learning_evolution_notes.md"
