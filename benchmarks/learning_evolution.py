@@ -156,7 +156,7 @@ def resumed_trials(storage: Path, name: str) -> int | None:
 def tuning_grid(trials: pd.DataFrame) -> pd.DataFrame:
     """One row per tuning trial: system, student_lr, its second axis (alpha or seed) and
     value, and the mean validation accuracy in % (NaN when it did not finish)."""
-    ok = (trials["status"] == COMPLETED) & (trials["epochs_run"] == trials["epochs"])
+    ok = trials.index.isin(finished(trials).index)
     axis = trials["system"].map(lambda system: "alpha" if system in ALPHA_SYSTEMS else "seed")
     return pd.DataFrame({
         "system": trials["system"], "student_lr": trials["student_lr"].astype(float),

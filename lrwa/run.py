@@ -316,12 +316,10 @@ class _Run:
               on_epoch: EpochCallback | None) -> dict[str, Any]:
         config, out_dir, teacher = self.config, self.out_dir, self.teacher
         spec = teacher.spec
-        if self.evaluation is not None and self.evaluation.matches(spec.name, config):
-            eval_images, eval_labels = self.evaluation.images, self.evaluation.labels
-        else:
-            eval_images, eval_labels = load_split(spec.name, config.eval_split,
-                                                  data_root=config.data_root,
-                                                  download=config.download).tensors()
+        evaluation = self.evaluation
+        if evaluation is None or not evaluation.matches(spec.name, config):
+            evaluation = Evaluation.load(spec.name, config)
+        eval_images, eval_labels = evaluation.images, evaluation.labels
         device = resolve_device(config.device)
         self.distiller = distiller = Distiller(config, teacher.model, spec,
                                                eval_images.to(device), eval_labels,
