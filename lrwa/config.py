@@ -1,7 +1,7 @@
 """The one typed configuration of a distillation run, and its strict loading.
 
 `DistillConfig` is a frozen dataclass whose defaults are the paper's CIFAR
-values (METHOD.md); `SMALL_PRESET` holds the CPU-sized values used for the
+values (docs/method.md); `SMALL_PRESET` holds the CPU-sized values used for the
 offline data sets. A run's config is built in layers: defaults, then the
 dataset's preset, then a YAML file, then command-line flags. Every layer goes
 through `from_mapping`, which rejects unknown keys and out-of-range values
@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from lrwa.errors import LrwaError
+from lrwa.presets import SYSTEM_PRESETS, preset_values
 from lrwa.yaml_files import load_yaml_mapping, shown
 
 MODES = ("acquire", "joint", "meta")
@@ -40,6 +41,14 @@ def _field(default: Any, *, low: float | None = None, high: float | None = None,
 
 @dataclasses.dataclass(frozen=True)
 class DistillConfig:
+    # A named system (lrwa.presets): the authors' config, expanded beneath the keys given
+    # with it. `scale` says whether a preset's sizes (batch, epochs, models) apply: "small"
+    # (the CPU-sized data sets) keeps the sizes already set and takes only its method.
+    preset: str | None = _field(None, choices=tuple(SYSTEM_PRESETS),
+                                doc="a named system: the authors' config (docs/presets.md)")
+    scale: str = _field("paper", choices=("paper", "small"),
+                        doc="small: a preset leaves batch, epochs and model sizes alone")
+
     # What is distilled into what. teacher=None means the embedded mnist5k LeNet-5 teacher.
     teacher: str | None = _field(None, doc="teacher checkpoint file")
     teacher_arch: str | None = _field(None, doc="architecture of a plain state_dict teacher")
@@ -48,7 +57,7 @@ class DistillConfig:
     data_root: str | None = _field(None, doc="folder holding CIFAR/SVHN files")
     download: bool = _field(False, doc="download CIFAR/SVHN into data_root if missing")
 
-    # The student update (METHOD.md): acquire-only, joint (baselines) or meta (LRWA).
+    # The student update (docs/method.md): acquire-only, joint (baselines) or meta (LRWA).
     mode: str = _field("meta", choices=MODES)
     alpha: float = _field(0.9, low=0.0, high=100.0, doc="inner SGD step size of the meta step")
     # The paper's theta' = theta - alpha grad L_acq has no weight decay; LRA's inner SGD used 5e-4.
@@ -69,19 +78,39 @@ class DistillConfig:
     replay_ratio: float = _field(0.125, low=0.0, low_open=True, high=MAX_REPLAY_RATIO,
                                  doc="replayed batch / fresh batch")
     insertion: str = _field("fifo", choices=("fifo", "reservoir"))
+    # MB-DFKD as LRA runs it: one batch/8 slot stored every 5 epochs into 10 slots, and each
+    # student step replays one whole slot (samples of one time point).
+    replay_sampling: str = _field("slot", choices=("slot", "uniform"),
+                                  doc="slot: replay one stored insertion whole; uniform: rows")
+    memory_slots: int = _field(10, low=0, high=10_000_000,
+                               doc="bank capacity in insertions; 0: buffer_size rows")
+    insert_every_epochs: int = _field(5, low=0, high=100_000,
+                                      doc="insert at the end of epochs 1, 1+k, ...; 0: every "
+                                          "insert_every iterations")
     insert_every: int = _field(72, low=1, high=10_000_000,
-                               doc="iterations between insertions; the first is at iteration 0")
+                               doc="iterations between insertions (insert_every_epochs 0); "
+                                   "the first is at iteration 0")
     insert_size: int = _field(0, low=0, high=1_000_000,
                               doc="samples per insertion; 0 means one replayed batch")
-    vae_latent_dim: int = _field(256, low=1, high=100_000)
-    vae_lr: float = _field(1e-3, low=0.0, low_open=True, high=10.0)
+    # PRE-DFKD's VAE as LRA trains it: one step at each of the first 4 student steps of an
+    # iteration, Adam at generator_lr / 40, latents of the generator's size.
+    vae_steps_per_iteration: int = _field(4, low=0, high=1000,
+                                          doc="VAE steps per iteration, at the first student "
+                                              "steps")
+    vae_latent_dim: int = _field(1000, low=1, high=100_000)
+    vae_lr: float = _field(5e-4, low=0.0, low_open=True, high=10.0)
     vae_kl_weight: float = _field(1e-5, low=0.0, high=1e3)
 
     # The generator and its adversarial loss.
-    generator_loss: str = _field("pre-dfkd", choices=("pre-dfkd", "dfad"))
+    generator_loss: str = _field("pre-dfkd", choices=("pre-dfkd", "dfad", "jsd-nats"))
+    generator_arch: str = _field("pre-dfkd", choices=("pre-dfkd", "dfad"),
+                                 doc="pre-dfkd: spectral norm, U(-0.08, 0.08) init; dfad: "
+                                     "neither")
     latent_dim: int = _field(1000, low=1, high=100_000)
     generator_width: int = _field(128, low=2, high=4096, doc="channels of the generator's body")
     generator_lr: float = _field(0.02, low=0.0, low_open=True, high=10.0)
+    # The authors' Adam(generator, lr) has torch's default betas (0.9, 0.999).
+    generator_beta1: float = _field(0.9, low=0.0, high=0.999)
     weight_onehot: float = _field(1.0, low=0.0, high=1e3)
     weight_entropy: float = _field(5.0, low=0.0, high=1e3)
     weight_activation: float = _field(0.1, low=0.0, high=1e3)
@@ -93,6 +122,8 @@ class DistillConfig:
     iters_per_epoch: int = _field(72, low=1, high=10_000_000)
     generator_steps: int = _field(1, low=0, high=1000)
     student_steps: int = _field(10, low=1, high=1000)
+    # DFAD's loop takes its student steps before the generator step.
+    step_order: str = _field("generator-first", choices=("generator-first", "student-first"))
     batch_size: int = _field(512, low=1, high=1_000_000)
     student_lr: float = _field(0.1, low=0.0, low_open=True, high=10.0)
     momentum: float = _field(0.9, low=0.0, high=1.0)
@@ -109,6 +140,12 @@ class DistillConfig:
     bf16: bool = _field(False, doc="bf16 autocast of the student update on CUDA")
     channels_last: bool = _field(False, doc="channels_last memory format for teacher, student "
                                             "and generator (tensor-core convolutions on GPUs)")
+    # Execution settings that change the numbers: a CPU float sum splits over threads, so
+    # the thread count is part of a run; a run folder records the count it used.
+    torch_threads: int = _field(0, low=0, high=4096,
+                                doc="torch's CPU threads; 0: torch's default (every core)")
+    deterministic: bool = _field(False, doc="torch.use_deterministic_algorithms (GPU kernels "
+                                            "without atomics; slower, refuses some ops)")
 
     @property
     def replay_batch_size(self) -> int:
@@ -119,6 +156,11 @@ class DistillConfig:
     def samples_per_insertion(self) -> int:
         return self.insert_size or self.replay_batch_size
 
+    @property
+    def bank_capacity(self) -> int:
+        """Rows the memory bank holds: memory_slots insertions, or buffer_size rows."""
+        return self.memory_slots * self.samples_per_insertion or self.buffer_size
+
     def replace(self, **changes: Any) -> DistillConfig:
         return from_mapping(changes, base=self)
 
@@ -126,8 +168,14 @@ class DistillConfig:
         return dataclasses.asdict(self)
 
 
-# CPU-sized values for the offline data sets: minutes, not hours, on two cores.
+# CPU-sized values for the offline data sets: minutes, not hours, on two cores. Besides
+# sizes, lrwa's own memory-bank policy for short runs: at 20 epochs MB-DFKD's (a slot every
+# 5 epochs) would store four batches in all. The named presets bring the authors' policy.
 SMALL_PRESET: dict[str, Any] = {
+    "scale": "small",
+    "replay_sampling": "uniform",
+    "memory_slots": 0,
+    "insert_every_epochs": 0,
     "student": "lenet5-half",
     "latent_dim": 100,
     # At this scale alpha = 0.9 (the CIFAR value) slowed learning: 65% after 5 epochs against
@@ -188,7 +236,7 @@ def _number(value: float) -> str:
 
 def _check_range(name: str, value: Any) -> None:
     meta = _FIELDS[name].metadata
-    if meta["choices"] and value not in meta["choices"]:
+    if meta["choices"] and value is not None and value not in meta["choices"]:
         raise LrwaError(f"config key '{name}' is {shown(value)}; choose from: "
                         f"{', '.join(meta['choices'])}")
     low, high = meta["low"], meta["high"]
@@ -218,8 +266,15 @@ def checked_values(values: Mapping[Any, Any]) -> dict[str, Any]:
 
 
 def from_mapping(values: Mapping[str, Any], base: DistillConfig | None = None) -> DistillConfig:
-    """Apply `values` on top of `base` (default: the defaults), strictly."""
-    config = dataclasses.replace(base or DistillConfig(), **checked_values(values))
+    """Apply `values` on top of `base` (default: the defaults), strictly.
+
+    A `preset` among `values` is expanded between `base` and the other values: its method
+    always, its sizes only where the resulting `scale` is "paper"."""
+    checked = checked_values(values)
+    if checked.get("preset"):
+        scale = checked.get("scale", (base or DistillConfig()).scale)
+        checked = {**preset_values(checked["preset"], with_sizes=scale == "paper"), **checked}
+    config = dataclasses.replace(base or DistillConfig(), **checked)
     validate(config)
     return config
 
@@ -234,10 +289,26 @@ def validate(config: DistillConfig) -> None:
     if config.mode in ("joint", "meta") and config.replay == "none":
         raise LrwaError(f"mode '{config.mode}' needs a replay scheme: pass --replay memory "
                         "or --replay generative")
-    if config.replay == "memory" and config.buffer_size < config.replay_batch_size:
+    if config.mode == "acquire" and config.replay != "none":
+        # Acquire-only trains on fresh samples alone: a replay would cost time, change nothing.
+        raise LrwaError(f"mode 'acquire' does not replay: replay '{config.replay}' would only "
+                        "cost time; pass --replay none, or --mode joint or meta")
+    if config.replay == "memory" and config.replay_sampling == "slot":
+        if config.insertion != "fifo":
+            raise LrwaError("replay_sampling 'slot' keeps insertions whole in a cyclic buffer: "
+                            "it needs insertion 'fifo'")
+        if config.samples_per_insertion != config.replay_batch_size:
+            raise LrwaError(f"replay_sampling 'slot' replays one insertion as the replayed "
+                            f"batch: insert_size {config.samples_per_insertion} must equal "
+                            f"the replayed batch {config.replay_batch_size} (or be 0)")
+        if config.bank_capacity < config.samples_per_insertion:
+            raise LrwaError(f"buffer_size {config.buffer_size} is smaller than one slot "
+                            f"({config.samples_per_insertion} samples)")
+    if (config.replay == "memory" and not config.memory_slots
+            and config.buffer_size < config.replay_batch_size):
         raise LrwaError(f"buffer_size {config.buffer_size} is smaller than one replayed batch "
                         f"({config.replay_batch_size} = replay_ratio x batch_size)")
-    if config.replay == "memory" and config.samples_per_insertion > config.buffer_size:
+    if config.replay == "memory" and config.samples_per_insertion > config.bank_capacity:
         raise LrwaError(f"insert_size {config.samples_per_insertion} exceeds buffer_size "
                         f"{config.buffer_size}")
     if config.detach_inner and config.mode != "meta":
@@ -278,7 +349,6 @@ def build_config(dataset: str | None, file_values: Mapping[str, Any] | None = No
     """
     checked_values(file_values or {})
     checked_values({key: value for key, value in (overrides or {}).items() if value is not None})
-    layered: dict[str, Any] = dict(PRESETS.get(dataset or "", {}))
-    layered.update(file_values or {})
+    layered: dict[str, Any] = dict(file_values or {})
     layered.update({key: value for key, value in (overrides or {}).items() if value is not None})
-    return from_mapping(layered)
+    return from_mapping(layered, base=from_mapping(PRESETS.get(dataset or "", {})))

@@ -64,7 +64,8 @@ class Distiller:
         self.student = build_model(config.student, spec.channels, spec.image_size,
                                    spec.num_classes).to(self.device)
         self.generator = Generator(config.latent_dim, spec.channels, spec.image_size,
-                                   width=config.generator_width).to(self.device)
+                                   width=config.generator_width,
+                                   style=config.generator_arch).to(self.device)
         if config.channels_last:
             # NHWC weights make the generator's images NHWC too, so every convolution of the
             # step runs in the layout GPU tensor cores want; the arithmetic is the same.
@@ -74,15 +75,12 @@ class Distiller:
             self.student.parameters(), lr=config.student_lr, momentum=config.momentum,
             weight_decay=config.weight_decay)
         self.generator_optimizer = torch.optim.Adam(
-            self.generator.parameters(), lr=config.generator_lr, betas=(0.5, 0.999))
+            self.generator.parameters(), lr=config.generator_lr,
+            betas=(config.generator_beta1, 0.999))
         self.noise = torch.Generator(device=self.device).manual_seed(config.seed + stream)
         self.replay = build_replay(
-            config.replay, capacity=config.buffer_size,
-            image_shape=(spec.channels, spec.image_size, spec.image_size),
-            insertion=config.insertion, teacher=self.teacher,
-            replay_count=config.replay_batch_size, vae_latent_dim=config.vae_latent_dim,
-            vae_lr=config.vae_lr, vae_kl_weight=config.vae_kl_weight, device=self.device,
-            seed=config.seed + stream)
+            config, (spec.channels, spec.image_size, spec.image_size), self.teacher,
+            device=self.device, seed=config.seed + stream)
         autocast = torch.bfloat16 if config.bf16 and self.device.type == "cuda" else None
         self.rule = UpdateRule(
             mode=config.mode, loss=student_loss(config.student_loss, config.kl_temperature),
@@ -160,6 +158,21 @@ class Distiller:
         self.student_optimizer.step()
         return fresh_images, result
 
+    def _offer_to_replay(self, fresh_images: Tensor, student_step: int) -> None:
+        """Fresh samples for the replay scheme, at the cadence its authors used.
+
+        Generative replay: one VAE step on the fresh batch of each of the first
+        `vae_steps_per_iteration` student steps of an iteration (LRA). A memory bank: the
+        newest samples of an iteration's last student step, every `insert_every` iterations
+        from iteration 0, unless it inserts per epoch (`_end_epoch`)."""
+        config = self.config
+        if config.replay == "generative":
+            if student_step < config.vae_steps_per_iteration:
+                self.replay.add(fresh_images.detach())
+        elif (config.insert_every_epochs == 0 and student_step == config.student_steps - 1
+              and self.iteration % config.insert_every == 0):
+            self.replay.add(fresh_images[:config.samples_per_insertion].detach())
+
     def train_epoch(self) -> dict[str, Any]:
         """One epoch of iterations; returns the epoch's training metrics."""
         config = self.config
@@ -169,11 +182,16 @@ class Distiller:
         sums = {"loss_gen": 0.0, "loss_acq": 0.0, "loss_ret": 0.0, "grad_cos": 0.0}
         counts = dict.fromkeys(sums, 0)
         started = time.perf_counter()
-        for _ in range(config.iters_per_epoch):
+
+        def generator_steps() -> None:
             for _ in range(config.generator_steps):
                 sums["loss_gen"] += self.generator_step().item()
                 counts["loss_gen"] += 1
-            for _ in range(config.student_steps):
+
+        for _ in range(config.iters_per_epoch):
+            if config.step_order == "generator-first":
+                generator_steps()
+            for student_step in range(config.student_steps):
                 probe = config.grad_cos_every > 0 and self.step % config.grad_cos_every == 0
                 fresh_images, result = self.student_step(probe)
                 self.step += 1
@@ -185,9 +203,14 @@ class Distiller:
                 if result.grad_cos is not None:
                     sums["grad_cos"] += result.grad_cos.item()
                     counts["grad_cos"] += 1
-            if self.iteration % config.insert_every == 0:
-                self.replay.add(fresh_images[:config.samples_per_insertion].detach())
+                self._offer_to_replay(fresh_images, student_step)
+            if config.step_order == "student-first":
+                generator_steps()
             self.iteration += 1
+        # MB-DFKD as LRA runs it stores the epoch's last fresh batch after epochs 1, 6, 11...
+        if (config.replay == "memory" and config.insert_every_epochs
+                and self.epoch % config.insert_every_epochs == 0):
+            self.replay.add(fresh_images[:config.samples_per_insertion].detach())
         train_seconds = time.perf_counter() - started
         self.epoch += 1
         fresh_samples = config.iters_per_epoch * config.student_steps * config.batch_size

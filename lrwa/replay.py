@@ -23,11 +23,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from lrwa.config import DistillConfig
 from lrwa.errors import LrwaError
-from lrwa.losses import l1_logits
+from lrwa.losses import negative_entropy, onehot_loss
 from lrwa.vae import VAE, kl_to_standard_normal
 
 INSERTIONS = ("fifo", "reservoir")
+SAMPLINGS = ("uniform", "slot")
 REPLAY_KINDS = ("none", "memory", "generative")
 
 
@@ -98,24 +100,41 @@ class MemoryBank:
     "reservoir" is Vitter's algorithm R, so the bank is a uniform sample of
     every sample ever offered, whatever the length of the run.
 
-    `sample(count)` draws without replacement when the bank holds at least
-    `count` rows and with replacement otherwise: early in a run the bank may
-    hold fewer rows than one replayed batch, and a smaller retention batch
-    would change the loss's scale, so rows are repeated instead.
+    Sampling "uniform": `sample(count)` draws rows without replacement when the
+    bank holds at least `count` rows and with replacement otherwise: early in a
+    run the bank may hold fewer rows than one replayed batch, and a smaller
+    retention batch would change the loss's scale, so rows are repeated instead.
+
+    Sampling "slot" is MB-DFKD's bank as LRA runs it: the bank is a cyclic
+    buffer of capacity / slot_size slots, each insertion fills one slot with
+    exactly `slot_size` samples (FIFO), and `sample` returns one whole stored
+    slot chosen uniformly at random: every replayed batch is the samples of one
+    time point.
     """
 
     def __init__(self, capacity: int, image_shape: tuple[int, int, int], insertion: str = "fifo",
-                 device: torch.device | str = "cpu", seed: int = 0) -> None:
+                 device: torch.device | str = "cpu", seed: int = 0, sampling: str = "uniform",
+                 slot_size: int = 1) -> None:
         if capacity < 1:
             raise LrwaError(f"memory bank capacity must be at least 1, got {capacity}")
         if insertion not in INSERTIONS:
             raise LrwaError(f"unknown insertion '{insertion}' (choose from: "
                             f"{', '.join(INSERTIONS)})")
+        if sampling not in SAMPLINGS:
+            raise LrwaError(f"unknown replay sampling '{sampling}' (choose from: "
+                            f"{', '.join(SAMPLINGS)})")
+        if sampling == "slot" and (insertion != "fifo" or slot_size < 1
+                                   or capacity % slot_size):
+            raise LrwaError(f"slot sampling needs FIFO insertion and a capacity that is a "
+                            f"whole number of slots; got {insertion}, capacity {capacity}, "
+                            f"slot {slot_size}")
         if len(image_shape) != 3 or min(image_shape) < 1:
             raise LrwaError(f"image shape must be (channels, height, width), got {image_shape}")
         self.capacity = capacity
         self.image_shape = tuple(int(size) for size in image_shape)
         self.insertion = insertion
+        self.sampling = sampling
+        self.slot_size = slot_size
         self.device = torch.device(device)
         self.images = torch.zeros((capacity, *self.image_shape), dtype=torch.float16)
         self.stored = 0     # filled rows, always the first `stored` slots
@@ -132,6 +151,8 @@ class MemoryBank:
         rows = images.detach().to(device="cpu", dtype=torch.float16)
         if rows.shape[0] == 0:
             return
+        if self.sampling == "slot" and rows.shape[0] != self.slot_size:
+            raise ValueError(f"a slot holds exactly {self.slot_size} samples, got {rows.shape[0]}")
         if self.insertion == "fifo":
             self._add_fifo(rows)
         else:
@@ -177,6 +198,13 @@ class MemoryBank:
     def sample(self, count: int) -> Tensor:
         if self.stored == 0:
             raise RuntimeError("the memory bank is empty; check can_sample() first")
+        if self.sampling == "slot":
+            if count != self.slot_size:
+                raise ValueError(f"slot sampling returns whole slots of {self.slot_size}, "
+                                 f"not {count}")
+            slot = int(torch.randint(self.stored // self.slot_size, (1,), generator=self.rng))
+            start = slot * self.slot_size
+            return self.images[start:start + self.slot_size].to(self.device).float()
         if count <= self.stored:
             indices = torch.randperm(self.stored, generator=self.rng)[:count]
         else:
@@ -232,30 +260,54 @@ class MemoryBank:
 
 
 class GenerativeReplay:
-    """PRE-DFKD's generative replay: a VAE that learns the stream of pseudo samples.
+    """PRE-DFKD's generative replay, trained as LRA's code trains it (docs/method.md).
 
-    Each `add` is one Adam step of the VAE on the fresh batch together with
-    `replay_count` samples the VAE itself decodes (once it has been trained at
-    least once), so it keeps modelling the past while it learns the present.
-    The loss is L1 reconstruction, plus L1 between the teacher's logits on the
-    reconstruction and on the input (the replay should look the same to the
-    teacher), plus `kl_weight` x KL(q(z|x) || N(0, I)).
+    A VAE (`lrwa.vae`: the authors' encoder, and their MemoryGenerator as decoder) learns
+    the stream of pseudo samples. The distiller calls `add` with the fresh batch of each of
+    the first `steps_per_iteration` student steps of every iteration; each call is one Adam
+    step (encoder and decoder at `lr`, LRA's lr_G/40) on the first `fresh_count` fresh
+    samples (batch/2) plus `replay_count` memory samples (batch/8) decoded from latents
+    tuned as in `sample`. Until the VAE has trained through one iteration it reconstructs
+    the fresh samples alone (LRA: only at epoch 0, iteration 0). The loss is L1
+    reconstruction + L1 between the teacher's outputs on the reconstruction and on the
+    input + `kl_weight` x KL(q(z|x) || N(0, I)).
 
-    The teacher is only read: it must already be in eval mode, and gradients
-    are taken with respect to the VAE's parameters alone, so the teacher's
-    parameters get no `.grad` and its BatchNorm statistics do not move.
+    LRA's code also leaves the gradient of its latent-tuning loss (taken with the decoder
+    in train mode) in the decoder's `.grad` when it steps the decoder; lrwa adds that
+    gradient to the decoder's step in the same way, so the step is theirs.
+
+    `sample(count)`: `count` latents z ~ N(0, I) take one Adam step (lr `latent_lr`, LRA's
+    lr_G, from a fresh optimiser) on oh x CE(teacher, its argmax) + ie x sum p log10 p of
+    the batch-mean teacher softmax + MSE(batch variance of z, 1) + MSE(batch mean of z, 0),
+    with the decoder in eval mode; the decoded tuned latents are the samples. As in LRA,
+    the student replays from the first step, from the untrained decoder if it must.
+
+    The teacher is only read: it must already be in eval mode, and gradients are taken with
+    respect to the VAE's parameters and the latents alone, so the teacher's parameters get
+    no `.grad` and its BatchNorm statistics do not move.
     """
 
-    def __init__(self, vae: VAE, teacher: nn.Module, lr: float = 1e-3, kl_weight: float = 1e-5,
-                 replay_count: int = 64, device: torch.device | str = "cpu",
+    def __init__(self, vae: VAE, teacher: nn.Module, lr: float = 5e-4, kl_weight: float = 1e-5,
+                 replay_count: int = 64, fresh_count: int = 256, latent_lr: float = 0.02,
+                 weight_onehot: float = 1.0, weight_entropy: float = 5.0,
+                 steps_per_iteration: int = 4, device: torch.device | str = "cpu",
                  seed: int = 0) -> None:
-        if replay_count < 0:
-            raise LrwaError(f"replay_count must be at least 0, got {replay_count}")
+        if replay_count < 1:
+            raise LrwaError(f"replay_count must be at least 1, got {replay_count}")
+        if fresh_count < 1:
+            raise LrwaError(f"fresh_count must be at least 1, got {fresh_count}")
         self.device = torch.device(device)
         self.vae = vae.to(self.device)
         self.teacher = teacher
         self.kl_weight = kl_weight
         self.replay_count = replay_count
+        self.fresh_count = fresh_count
+        self.latent_lr = latent_lr
+        self.weight_onehot = weight_onehot
+        self.weight_entropy = weight_entropy
+        self.steps_per_iteration = steps_per_iteration
+        # LRA keeps one Adam for the encoder and one for the decoder at the same settings;
+        # Adam's update is per parameter, so one optimiser over both is the same step.
         self.optimizer = torch.optim.Adam(self.vae.parameters(), lr=lr)
         self.steps = 0
         self.last_losses: dict[str, float] = {}
@@ -263,26 +315,58 @@ class GenerativeReplay:
         self.rng = torch.Generator(device=self.device)
         self.rng.manual_seed(seed)
 
-    def add(self, images: Tensor) -> None:
+    def _check_teacher(self) -> None:
         if self.teacher.training:
             # A teacher in train mode would move its BatchNorm statistics on every VAE step.
             raise RuntimeError("GenerativeReplay needs the teacher in eval mode")
-        fresh = images.detach().to(device=self.device, dtype=torch.float32)
-        if self.steps > 0 and self.replay_count > 0:
-            fresh = torch.cat([fresh, self.sample(self.replay_count)])
+
+    def latent_tuning_loss(self, z: Tensor) -> Tensor:
+        """The loss one Adam step on the latents lowers: confident, balanced teacher outputs
+        on the decoded samples, and a batch of latents with mean 0 and variance 1."""
+        logits = self.teacher(self.vae.decode(z))
+        match = (self.weight_onehot * onehot_loss(logits)
+                 + self.weight_entropy * negative_entropy(logits, torch.log10))
+        moments = (F.mse_loss(torch.var(z, dim=0), torch.ones_like(z[0]))
+                   + F.mse_loss(torch.mean(z, dim=0), torch.zeros_like(z[0])))
+        return match + moments
+
+    def _tuned_latents(self, count: int, decoder_gradient: bool) -> tuple[Tensor, list[Tensor]]:
+        """Latents after their one Adam step, and (when asked) the tuning loss's gradient
+        with respect to the decoder's parameters."""
+        z = torch.randn(count, self.vae.latent_dim, generator=self.rng, device=self.device)
+        z.requires_grad_(True)
+        decoder_params = list(self.vae.decoder.parameters()) if decoder_gradient else []
+        with torch.enable_grad():
+            gradients = torch.autograd.grad(self.latent_tuning_loss(z), [z, *decoder_params])
+        z.grad = gradients[0]
+        torch.optim.Adam([z], lr=self.latent_lr).step()
+        return z.detach(), list(gradients[1:])
+
+    def add(self, images: Tensor) -> None:
+        self._check_teacher()
+        fresh = images.detach()[:self.fresh_count].to(device=self.device, dtype=torch.float32)
         self.vae.train()
+        decoder_params = list(self.vae.decoder.parameters())
+        tuning_gradients: list[Tensor] | None = None
+        if self.steps >= self.steps_per_iteration:
+            z, tuning_gradients = self._tuned_latents(self.replay_count, decoder_gradient=True)
+            with torch.no_grad():
+                fresh = torch.cat([fresh, self.vae.decode(z)])
         reconstruction, mu, logvar = self.vae(fresh, self.rng)
         with torch.no_grad():
             target_logits = self.teacher(fresh)
         reconstruction_loss = F.l1_loss(reconstruction, fresh)
-        logit_loss = l1_logits(self.teacher(reconstruction), target_logits)
+        logit_loss = F.l1_loss(self.teacher(reconstruction), target_logits)
         kl = kl_to_standard_normal(mu, logvar)
         loss = reconstruction_loss + logit_loss + self.kl_weight * kl
-        params = [p for p in self.vae.parameters() if p.requires_grad]
+        encoder_params = list(self.vae.encoder.parameters())
         # autograd.grad, not backward(): the teacher's parameters must never collect .grad.
-        grads = torch.autograd.grad(loss, params)
+        grads = torch.autograd.grad(loss, encoder_params + decoder_params)
+        if tuning_gradients is not None:
+            grads = (*grads[:len(encoder_params)],
+                     *(g + t for g, t in zip(grads[len(encoder_params):], tuning_gradients)))
         self.optimizer.zero_grad(set_to_none=True)
-        for param, grad in zip(params, grads):
+        for param, grad in zip(encoder_params + decoder_params, grads):
             param.grad = grad
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
@@ -291,15 +375,14 @@ class GenerativeReplay:
                             "logits": logit_loss.item(), "kl": kl.item()}
 
     def sample(self, count: int) -> Tensor:
-        if self.steps == 0:
-            raise RuntimeError("the replay VAE is untrained; check can_sample() first")
+        self._check_teacher()
         was_training = self.vae.training
         # Eval mode: BatchNorm uses running statistics, so a sample does not depend on
         # the rest of its batch and leaves the VAE's state untouched.
         self.vae.eval()
         try:
+            z, _ = self._tuned_latents(count, decoder_gradient=False)
             with torch.no_grad():
-                z = self.vae.decoder.sample_latent(count, self.rng, self.device)
                 return self.vae.decode(z).float()
         finally:
             self.vae.train(was_training)
@@ -320,7 +403,7 @@ class GenerativeReplay:
             self.vae.train(was_training)
 
     def can_sample(self, count: int) -> bool:
-        return self.steps > 0 and count >= 0
+        return count >= 0
 
     def fill(self) -> float:
         return 1.0 if self.steps > 0 else 0.0
@@ -350,19 +433,24 @@ class GenerativeReplay:
         self.rng.set_state(state["rng"].cpu())
 
 
-def build_replay(kind: str, *, capacity: int, image_shape: tuple[int, int, int], insertion: str,
-                 teacher: nn.Module, replay_count: int, vae_latent_dim: int, vae_lr: float,
-                 vae_kl_weight: float, device: torch.device | str, seed: int) -> ReplayScheme:
-    """The replay scheme named `kind`; arguments another kind needs are ignored."""
-    if kind == "none":
+def build_replay(config: DistillConfig, image_shape: tuple[int, int, int], teacher: nn.Module,
+                 device: torch.device | str, seed: int) -> ReplayScheme:
+    """The replay scheme `config.replay` names, with the settings of `config` it uses."""
+    if config.replay == "none":
         return NoReplay(device)
-    if kind == "memory":
-        return MemoryBank(capacity, image_shape, insertion, device=device, seed=seed)
-    if kind == "generative":
+    if config.replay == "memory":
+        return MemoryBank(config.bank_capacity, image_shape, config.insertion, device=device,
+                          seed=seed, sampling=config.replay_sampling,
+                          slot_size=config.samples_per_insertion)
+    if config.replay == "generative":
         channels, height, width = image_shape
         if height != width:
             raise LrwaError(f"generative replay needs square images, got {height}x{width}")
-        vae = VAE(vae_latent_dim, channels, height)
-        return GenerativeReplay(vae, teacher, lr=vae_lr, kl_weight=vae_kl_weight,
-                                replay_count=replay_count, device=device, seed=seed)
-    raise LrwaError(f"unknown replay '{kind}' (choose from: {', '.join(REPLAY_KINDS)})")
+        vae = VAE(config.vae_latent_dim, channels, height, width=config.generator_width)
+        return GenerativeReplay(
+            vae, teacher, lr=config.vae_lr, kl_weight=config.vae_kl_weight,
+            replay_count=config.replay_batch_size, fresh_count=max(1, config.batch_size // 2),
+            latent_lr=config.generator_lr, weight_onehot=config.weight_onehot,
+            weight_entropy=config.weight_entropy,
+            steps_per_iteration=config.vae_steps_per_iteration, device=device, seed=seed)
+    raise LrwaError(f"unknown replay '{config.replay}' (choose from: {', '.join(REPLAY_KINDS)})")

@@ -123,7 +123,7 @@ def test_values_are_coerced_to_the_field_type(key: str, value: object, expected:
     ("mode", "maml", "acquire, joint, meta"),
     ("replay", "ring", "none, memory, generative"),
     ("student_loss", "mse", "l1, kl"),
-    ("generator_loss", "gan", "pre-dfkd, dfad"),
+    ("generator_loss", "gan", "pre-dfkd, dfad, jsd-nats"),
     ("insertion", "lifo", "fifo, reservoir"),
 ])
 def test_unknown_choice_lists_the_choices(key: str, value: str, choices: str) -> None:
@@ -145,17 +145,30 @@ def test_acquire_without_replay_is_fine() -> None:
     assert from_mapping({"mode": "acquire", "replay": "none"}).replay == "none"
 
 
+# A bank measured in rows, sampled row by row (the defaults are MB-DFKD's slots).
+ROWS = {"replay_sampling": "uniform", "memory_slots": 0}
+
+
 def test_buffer_smaller_than_one_replayed_batch() -> None:
     # 0.125 x 512 = 64 replayed samples per step; a 63-sample bank cannot serve one batch.
     assert DistillConfig().replay_batch_size == 64
-    message = refusal({"buffer_size": 63})
+    message = refusal({**ROWS, "buffer_size": 63})
     assert "buffer_size 63 is smaller than one replayed batch (64" in message
-    assert from_mapping({"buffer_size": 64}).buffer_size == 64
+    assert from_mapping({**ROWS, "buffer_size": 64}).buffer_size == 64
 
 
 def test_insert_size_larger_than_buffer() -> None:
-    message = refusal({"insert_size": 700, "buffer_size": 640})
+    message = refusal({**ROWS, "insert_size": 700, "buffer_size": 640})
     assert "insert_size 700 exceeds buffer_size 640" in message
+
+
+def test_default_bank_is_mb_dfkds_ten_slots_of_one_replayed_batch() -> None:
+    config = DistillConfig()
+    assert (config.replay_sampling, config.memory_slots, config.insert_every_epochs) == (
+        "slot", 10, 5)
+    assert config.bank_capacity == 10 * 64
+    assert "needs insertion 'fifo'" in refusal({"insertion": "reservoir"})
+    assert "insert_size 32 must equal the replayed batch 64" in refusal({"insert_size": 32})
 
 
 def test_replay_batch_is_at_least_one_sample() -> None:
@@ -366,7 +379,7 @@ def test_layers_are_validated_together_not_one_by_one() -> None:
     # 2.0 x 512 = 1024 replayed samples do not fit the default 640-sample bank,
     # but 2.0 x 256 = 512 fit the small preset's 2048: only the layered whole is checked.
     with pytest.raises(LrwaError, match="smaller than one replayed batch"):
-        build_config(None, {"replay_ratio": 2.0})
+        build_config(None, {**ROWS, "replay_ratio": 2.0})
     assert build_config("digits", {"replay_ratio": 2.0}).replay_batch_size == 512
 
 
@@ -375,3 +388,28 @@ def test_unknown_key_in_any_layer_is_refused() -> None:
         build_config("digits", file_values={"epoch": 3})
     with pytest.raises(LrwaError, match="unknown config key 'lr'"):
         build_config("digits", overrides={"lr": 0.1})
+
+
+def test_a_preset_lies_between_the_data_sets_preset_and_the_keys_given_with_it() -> None:
+    from lrwa.presets import SYSTEM_PRESETS, preset_values
+
+    # On CIFAR scale the whole of LRA's PRE-DFKD.json: batch 1024, 36 iterations.
+    paper = build_config("cifar100", {"preset": "pre-dfkd"})
+    assert (paper.batch_size, paper.iters_per_epoch, paper.student) == (1024, 36, "resnet18")
+    assert (paper.mode, paper.replay, paper.replay_loss) == ("joint", "generative",
+                                                             "concatenated")
+    assert paper.vae_lr == pytest.approx(0.02 / 40)
+    # On mnist5k its method only: the small preset's sizes stay, the flags win over both.
+    small = build_config("mnist5k", {"preset": "mb-dfkd"}, {"student_lr": 0.3})
+    assert (small.batch_size, small.student) == (SMALL_PRESET["batch_size"], "lenet5-half")
+    assert (small.replay_sampling, small.memory_slots, small.insert_every_epochs) == (
+        "slot", 10, 5)
+    assert small.student_lr == 0.3 and small.replay_ratio == 0.125
+    assert small.bank_capacity == 10 * round(0.125 * SMALL_PRESET["batch_size"])
+    # Every preset resolves at both scales, and its method keys all land.
+    for name in SYSTEM_PRESETS:
+        for dataset, sizes in (("cifar10", True), ("digits", False)):
+            config = build_config(dataset, {"preset": name})
+            for key, value in preset_values(name, with_sizes=sizes).items():
+                assert getattr(config, key) == value, (name, dataset, key)
+    assert "choose from: dfad, mb-dfkd" in refusal({"preset": "mb-dfkdd"})

@@ -43,7 +43,7 @@ def _curve(distiller: Distiller) -> pd.DataFrame:
 
 
 @pytest.mark.parametrize(("mode", "replay", "replay_loss"), [
-    ("acquire", "none", "separate"), ("acquire", "memory", "separate"),
+    ("acquire", "none", "separate"),  # acquire with a replay is refused by the config
     ("joint", "memory", "separate"), ("joint", "generative", "separate"),
     ("meta", "memory", "separate"), ("meta", "generative", "separate"),
     ("joint", "memory", "concatenated"), ("meta", "generative", "concatenated")])
@@ -167,9 +167,13 @@ class _StopAfter:
             raise KeyboardInterrupt
 
 
-@pytest.mark.parametrize("replay", ["memory", "generative"])
+@pytest.mark.parametrize("replay", ["memory", "generative", "preset:mb-dfkd"])
 def test_kill_and_resume_equals_uninterrupted(mnist_teacher, tmp_path, replay):
-    config = build_config("mnist5k", overrides={**TINY, "epochs": 4, "replay": replay})
+    # The generative run restores encoder, memory generator, their Adam and the latent RNG;
+    # MB-DFKD's preset (slots every epoch here) the slots and the slot-choosing RNG.
+    system = ({"preset": replay.split(":")[1], "insert_every_epochs": 1}
+              if replay.startswith("preset:") else {"replay": replay})
+    config = build_config("mnist5k", overrides={**TINY, "epochs": 4, **system})
     run_distillation(config, tmp_path / "whole", teacher=mnist_teacher, progress=False)
     with pytest.raises(KeyboardInterrupt):
         run_distillation(config, tmp_path / "killed", teacher=mnist_teacher,
@@ -216,8 +220,17 @@ def test_non_finite_loss_names_where_and_nothing_more(mnist_teacher, mnist_test_
 def test_channels_last_changes_the_layout_not_the_numbers(mnist_teacher, mnist_test_split):
     """The GPU speed option: same run up to float rounding (other kernels, same arithmetic)."""
     teacher = train_teacher("mnist5k", "lenet5", epochs=1, progress=False)  # converted in place
-    plain = _distiller(mnist_teacher, mnist_test_split, epochs=1)
-    nhwc = _distiller(teacher, mnist_test_split, epochs=1, channels_last=True)
+    # The authors' spectral-normed generator with eps-0.8 BatchNorms amplifies float rounding
+    # over an adversarial epoch (1-2% apart here, 0.1% with eps 1e-5), so the whole run is
+    # compared on DFAD's generator, and the authors' one forward at a time.
+    authors_plain = _distiller(mnist_teacher, mnist_test_split, epochs=1)
+    authors_nhwc = _distiller(teacher, mnist_test_split, epochs=1, channels_last=True)
+    latent = torch.randn(64, authors_plain.config.latent_dim)
+    assert torch.allclose(authors_plain.generator(latent), authors_nhwc.generator(latent),
+                          atol=1e-5)
+    plain = _distiller(mnist_teacher, mnist_test_split, epochs=1, generator_arch="dfad")
+    nhwc = _distiller(teacher, mnist_test_split, epochs=1, channels_last=True,
+                      generator_arch="dfad")
     weight = next(p for p in nhwc.student.parameters() if p.dim() == 4)
     assert weight.is_contiguous(memory_format=torch.channels_last)
     assert nhwc._fresh_images().is_contiguous(memory_format=torch.channels_last)

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
 from lrwa.errors import LrwaError
 from lrwa.losses import (
     GeneratorLossWeights,
+    clamped_disagreement,
     dfad_generator_loss,
     generator_loss,
     js_divergence,
@@ -51,8 +53,63 @@ def test_pre_dfkd_terms_have_their_known_values():
     features = torch.tensor([[2.0, -2.0], [2.0, 2.0]])
     weights = GeneratorLossWeights(onehot=1.0, entropy=5.0, activation=0.1, adversarial=1.0)
     loss = pre_dfkd_generator_loss(teacher, features, teacher.clone(), weights)
-    # onehot ~ 0, negative entropy of (0.5, 0.5) = -ln 2, activation = -2, adversarial = 1
-    assert loss.item() == pytest.approx(5 * -math.log(2) + 0.1 * -2.0 + 1.0, abs=1e-4)
+    # onehot ~ 0; the authors' entropy is in log10: sum p log10 p of (0.5, 0.5) = -log10 2;
+    # activation = -2; the clamped disagreement of equal outputs is 0, so adversarial = 1.
+    assert loss.item() == pytest.approx(5 * -math.log10(2) + 0.1 * -2.0 + 1.0, abs=1e-4)
+
+
+def _authors_generator_loss(teacher: np.ndarray, features: np.ndarray, student: np.ndarray,
+                            oh: float, ie: float, a: float) -> float:
+    """PRE-DFKD's generator loss as LRA's code computes it, written from scratch in float64:
+    CE on the teacher's argmax, sum p log10 p of the batch-mean softmax, -mean |features|,
+    and 1 - clamp(J, 0, 1) with J from P, Q, M clamped to [0.01, 0.99] and KLDivLoss's
+    default mean over batch x classes."""
+    def softmax(x: np.ndarray) -> np.ndarray:
+        e = np.exp(x - x.max(axis=1, keepdims=True))
+        return e / e.sum(axis=1, keepdims=True)
+
+    log_softmax = np.log(softmax(teacher))
+    onehot = -log_softmax[np.arange(len(teacher)), teacher.argmax(axis=1)].mean()
+    mean_p = softmax(teacher).mean(axis=0)
+    entropy = float((mean_p * np.log10(mean_p)).sum())
+    activation = -np.abs(features).mean()
+    p, q = softmax(student / 3.0), softmax(teacher / 3.0)
+    m = np.clip(0.5 * (p + q), 0.01, 0.99)
+    p, q = np.clip(p, 0.01, 0.99), np.clip(q, 0.01, 0.99)
+    kl_div = lambda log_input, target: (target * (np.log(target) - log_input)).mean()
+    j = 0.5 * kl_div(np.log(p), m) + 0.5 * kl_div(np.log(q), m)
+    return oh * onehot + ie * entropy + a * activation + 1.0 - float(np.clip(j, 0.0, 1.0))
+
+
+@pytest.mark.parametrize("classes", [2, 10, 100])
+def test_pre_dfkd_generator_loss_is_the_authors_on_fixed_tensors(classes: int) -> None:
+    generator = torch.Generator().manual_seed(classes)
+    teacher = 4 * torch.randn(16, classes, generator=generator, dtype=torch.float64)
+    student = 4 * torch.randn(16, classes, generator=generator, dtype=torch.float64)
+    features = torch.randn(16, 32, generator=generator, dtype=torch.float64)
+    weights = GeneratorLossWeights(onehot=1.0, entropy=5.0, activation=0.1, adversarial=1.0)
+    got = pre_dfkd_generator_loss(teacher, features, student, weights).item()
+    want = _authors_generator_loss(teacher.numpy(), features.numpy(), student.numpy(),
+                                   1.0, 5.0, 0.1)
+    assert got == pytest.approx(want, rel=1e-12, abs=1e-12)
+
+
+def test_the_authors_disagreement_shrinks_with_the_class_count() -> None:
+    # Opposite one-hot outputs: the JS divergence in nats is ln 2 whatever the class count;
+    # the authors' mean over batch x classes divides the clamped term by C.
+    def disagreement(classes: int) -> float:
+        student = torch.full((1, classes), -50.0)
+        teacher = torch.full((1, classes), -50.0)
+        student[0, 0] = teacher[0, 1] = 50.0
+        return clamped_disagreement(student, teacher, 1.0).item()
+
+    # Classes 2.. are clamped to 0.01 in P, Q and M alike and add 0: J(C) = J(2) x 2 / C.
+    assert disagreement(10) == pytest.approx(2 * disagreement(2) / 10, rel=1e-5)
+    assert disagreement(100) == pytest.approx(disagreement(10) / 10, rel=1e-5)
+    # By hand: mean over 2 classes of M (log M - log P), M = (0.5, 0.5), P = (0.99, 0.01);
+    # above ln 2, the bound of the true JS divergence, because of the clamps.
+    assert disagreement(2) == pytest.approx(
+        (math.log(0.5 / 0.99) + math.log(0.5 / 0.01)) / 4, rel=1e-5)
 
 
 def test_dfad_generator_loss_is_negative_l1():

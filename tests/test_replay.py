@@ -1,5 +1,6 @@
-"""Tests for the replay schemes: capacity, insertion order, reservoir uniformity, float16
-storage, exact resume, and the generative-replay VAE (learning, frozen teacher, resume)."""
+"""Tests for the replay schemes: capacity, insertion order, reservoir uniformity, MB-DFKD's
+slots, float16 storage, exact resume, and the generative-replay VAE: each step and each
+sample against a from-scratch computation of LRA's code, learning, frozen teacher, resume."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lrwa.config import from_mapping
 from lrwa.errors import LrwaError
 from lrwa.replay import GenerativeReplay, MemoryBank, NoReplay, build_replay
 from lrwa.vae import VAE
@@ -181,47 +183,90 @@ def test_bad_arguments_are_user_errors() -> None:
         MemoryBank(4, SHAPE, "lifo")
     with pytest.raises(LrwaError, match="capacity"):
         MemoryBank(0, SHAPE)
-    with pytest.raises(LrwaError, match="'vae'.*none, memory, generative"):
-        build_replay("vae", capacity=4, image_shape=SHAPE, insertion="fifo", teacher=nn.Identity(),
-                     replay_count=1, vae_latent_dim=2, vae_lr=1e-3, vae_kl_weight=0.0,
-                     device="cpu", seed=0)
+    with pytest.raises(LrwaError, match="'random'.*uniform, slot"):
+        MemoryBank(4, SHAPE, sampling="random")
+    with pytest.raises(LrwaError, match="whole number of slots"):
+        MemoryBank(6, SHAPE, sampling="slot", slot_size=4)
+    with pytest.raises(LrwaError, match="whole number of slots"):
+        MemoryBank(8, SHAPE, "reservoir", sampling="slot", slot_size=4)
 
 
-BUILD = {"capacity": 4, "image_shape": (1, 8, 8), "insertion": "reservoir", "replay_count": 2,
-         "vae_latent_dim": 4, "vae_lr": 1e-2, "vae_kl_weight": 1e-3, "device": "cpu", "seed": 5}
+# ---------------------------------------------------------------- MB-DFKD's slots
+
+
+def test_slot_bank_is_a_cycle_of_whole_insertions_and_replays_one_of_them() -> None:
+    bank = MemoryBank(3 * 2, SHAPE, sampling="slot", slot_size=2, seed=0)
+    assert not bank.can_sample(2)
+    for insertion in range(5):  # insertions 0..4 into 3 slots: 3 and 4 overwrite 0 and 1
+        bank.add(constant_images([10 * insertion, 10 * insertion + 1]))
+    assert sorted(labels(bank.contents())) == [20, 21, 30, 31, 40, 41]
+    seen = set()
+    for _ in range(60):
+        drawn = labels(bank.sample(2))
+        # One time point: both rows of one insertion, in order.
+        assert drawn[1] == drawn[0] + 1 and drawn[0] % 10 == 0, drawn
+        seen.add(drawn[0])
+    assert seen == {20, 30, 40}  # every stored slot, uniformly at random
+    with pytest.raises(ValueError, match="exactly 2 samples"):
+        bank.add(constant_images([1, 2, 3]))
+    with pytest.raises(ValueError, match="whole slots of 2"):
+        bank.sample(3)
+    # Resume: the same slots drawn after a round trip.
+    state = round_trip(bank.state_dict())
+    again = MemoryBank(6, SHAPE, sampling="slot", slot_size=2, seed=9)
+    again.load_state_dict(state)
+    assert [labels(again.sample(2)) for _ in range(5)] == [labels(bank.sample(2))
+                                                          for _ in range(5)]
+
+
+# ---------------------------------------------------------------- building from a config
+
+
+def small_config(**values) -> object:
+    base = {"student": "lenet5-half", "batch_size": 16, "replay_ratio": 0.125,
+            "generator_width": 8, "latent_dim": 6, "vae_latent_dim": 6, "seed": 5}
+    return from_mapping({**base, **values})
 
 
 def test_build_replay_none_keeps_nothing() -> None:
-    none = build_replay("none", teacher=tiny_teacher(), **BUILD)
+    config = small_config(mode="acquire", replay="none")
+    none = build_replay(config, (1, 8, 8), tiny_teacher(), device="cpu", seed=5)
     none.add(constant_images(range(10), (1, 8, 8)))
     assert not none.can_sample(1) and none.fill() == 0.0 and none.state_dict() == {"kind": "none"}
 
 
 def test_build_replay_memory_is_the_bank_its_settings_describe() -> None:
-    built = build_replay("memory", teacher=tiny_teacher(), **BUILD)
+    config = small_config(replay="memory", replay_sampling="uniform", memory_slots=0,
+                          insertion="reservoir", buffer_size=4)
+    built = build_replay(config, (1, 8, 8), tiny_teacher(), device="cpu", seed=5)
     direct = MemoryBank(4, (1, 8, 8), "reservoir", seed=5)
     for bank in (built, direct):
         bank.add(constant_images(range(10), (1, 8, 8)))
     # Seed 5's reservoir keeps neither FIFO's newest [6, 7, 8, 9] nor seed 0's choice.
     assert labels(built.contents()) == labels(direct.contents()) == [0, 5, 8, 4]
     assert torch.equal(built.sample(3), direct.sample(3))
+    slots = build_replay(small_config(replay="memory"), (1, 8, 8), tiny_teacher(), "cpu", 5)
+    assert (slots.sampling, slots.slot_size, slots.capacity) == ("slot", 2, 20)
 
 
 def test_build_replay_generative_is_the_vae_its_settings_describe() -> None:
     teacher = tiny_teacher()
+    config = small_config(replay="generative", vae_lr=1e-2, vae_kl_weight=1e-3,
+                          generator_lr=0.05, weight_entropy=3.0, vae_steps_per_iteration=2)
     torch.manual_seed(0)  # the VAE's initial weights come from torch's global RNG
-    built = build_replay("generative", teacher=teacher, **BUILD)
+    built = build_replay(config, (1, 8, 8), teacher, device="cpu", seed=5)
     torch.manual_seed(0)
-    direct = GenerativeReplay(VAE(4, 1, 8), teacher, lr=1e-2, kl_weight=1e-3, replay_count=2,
-                              seed=5)
-    # Two steps: the second also replays replay_count of the VAE's own samples. Any setting
-    # not passed on (latent size, lr, KL weight, replay count, seed) changes the samples.
+    direct = GenerativeReplay(VAE(6, 1, 8, width=8), teacher, lr=1e-2, kl_weight=1e-3,
+                              replay_count=2, fresh_count=8, latent_lr=0.05, weight_entropy=3.0,
+                              steps_per_iteration=2, seed=5)
+    # Three steps: the third also reconstructs replayed samples. Any setting not passed on
+    # (sizes, learning rates, weights, steps, seed) changes the samples.
     for replay in (built, direct):
-        replay.add(fixed_batch())
-        replay.add(fixed_batch())
+        for _ in range(3):
+            replay.add(fixed_batch(16))
     assert torch.equal(built.sample(3), direct.sample(3))
     with pytest.raises(LrwaError, match="generative replay needs square images, got 8x6"):
-        build_replay("generative", teacher=teacher, **{**BUILD, "image_shape": (1, 8, 6)})
+        build_replay(config, (1, 8, 6), teacher, device="cpu", seed=5)
 
 
 # ---------------------------------------------------------------- generative replay
@@ -234,26 +279,134 @@ def tiny_teacher(channels: int = 1, size: int = 8) -> nn.Module:
     return teacher.eval()
 
 
-def make_replay(seed: int = 0, teacher: nn.Module | None = None,
-                device: str = "cpu") -> GenerativeReplay:
+def make_replay(seed: int = 0, teacher: nn.Module | None = None, device: str = "cpu",
+                steps_per_iteration: int = 1) -> GenerativeReplay:
     torch.manual_seed(seed)
     teacher = (teacher or tiny_teacher()).to(device)
-    return GenerativeReplay(VAE(8, 1, 8), teacher, lr=1e-3, replay_count=8, device=device,
-                            seed=seed)
+    return GenerativeReplay(VAE(8, 1, 8, width=16), teacher, lr=1e-3, replay_count=4,
+                            fresh_count=16, steps_per_iteration=steps_per_iteration,
+                            device=device, seed=seed)
 
 
-def fixed_batch() -> torch.Tensor:
+def fixed_batch(count: int = 16) -> torch.Tensor:
     """Smooth standardised images: structured like pseudo samples, unlike white noise, which
     an 8-dimensional code cannot memorise in a few dozen steps."""
     generator = torch.Generator().manual_seed(0)
-    coarse = torch.randn(16, 1, 3, 3, generator=generator)
+    coarse = torch.randn(count, 1, 3, 3, generator=generator)
     images = F.interpolate(coarse, size=8, mode="bilinear")
     return (images - images.mean()) / images.std()
 
 
+def _authors_tuning_loss(decoder: nn.Module, teacher: nn.Module, z: torch.Tensor, oh: float,
+                         ie: float) -> torch.Tensor:
+    """LRA's latent-tuning loss, written out as their agent writes it."""
+    outputs = teacher(decoder(z))
+    mean_softmax = torch.softmax(outputs, dim=1).mean(dim=0)
+    one_hot = nn.CrossEntropyLoss()(outputs, outputs.detach().max(1)[1])
+    entropy = (mean_softmax * torch.log10(mean_softmax)).sum()
+    moments = (F.mse_loss(torch.var(z, dim=0), torch.ones(z.shape[1]))
+               + F.mse_loss(torch.mean(z, dim=0), torch.zeros(z.shape[1])))
+    return entropy * ie + one_hot * oh + moments
+
+
+def _authors_vae_step(vae: VAE, teacher: nn.Module, fresh: torch.Tensor, rng: torch.Generator,
+                      replay_count: int, first: bool, lr: float, latent_lr: float) -> None:
+    """One `train_memory_generator` of LRA's code, from scratch: their two Adams, their
+    zero_grad before the latent tuning, backward() twice, so the tuning loss's gradient stays
+    in the decoder's .grad when the decoder steps. Draws come from `rng` in lrwa's order."""
+    optimizer_decoder = torch.optim.Adam(vae.decoder.parameters(), lr=lr)
+    optimizer_encoder = torch.optim.Adam(vae.encoder.parameters(), lr=lr)
+    vae.train()
+    optimizer_decoder.zero_grad()
+    optimizer_encoder.zero_grad()
+    inputs = fresh
+    if not first:
+        z = torch.randn(replay_count, vae.latent_dim, generator=rng).requires_grad_(True)
+        optimizer_z = torch.optim.Adam([z], lr=latent_lr)
+        _authors_tuning_loss(vae.decoder, teacher, z, 1.0, 5.0).backward()
+        optimizer_z.step()
+        with torch.no_grad():
+            inputs = torch.cat([fresh, vae.decoder(z)])
+    with torch.no_grad():
+        targets = teacher(inputs)
+    mu, log_var = vae.encoder(inputs)
+    eps = torch.randn(mu.shape, generator=rng)
+    reconstruction = vae.decoder(eps * torch.exp(0.5 * log_var) + mu)
+    loss = (F.l1_loss(reconstruction, inputs) + F.l1_loss(teacher(reconstruction), targets)
+            + 1e-5 * torch.mean(-0.5 * torch.sum(1 + log_var - mu**2 - log_var.exp(), dim=1)))
+    loss.backward()
+    optimizer_decoder.step()
+    optimizer_encoder.step()
+    teacher.zero_grad(set_to_none=True)
+
+
+def test_the_first_vae_step_equals_lras_train_memory_generator_on_fixed_inputs() -> None:
+    """LRA's first iteration reconstructs the fresh half alone: every parameter and buffer
+    after the step equals the from-scratch computation."""
+    replay = make_replay(seed=3)
+    reference = VAE(8, 1, 8, width=16)
+    reference.load_state_dict(replay.vae.state_dict())
+    rng = torch.Generator().manual_seed(3)
+    batch = fixed_batch(32)
+    replay.add(batch)
+    _authors_vae_step(reference, replay.teacher, batch[:16], rng, 4, first=True, lr=1e-3,
+                      latent_lr=0.02)
+    for (name, got), want in zip(replay.vae.state_dict().items(),
+                                 reference.state_dict().values()):
+        assert torch.allclose(got, want, atol=1e-6, rtol=1e-5), name
+    assert replay.steps == 1
+
+
+def test_the_second_vae_step_tunes_latents_and_keeps_their_gradient_in_the_decoder() -> None:
+    """From one shared state, lrwa's replayed-batch step against LRA's, fresh Adams on both
+    sides: equal parameters and running statistics to float rounding."""
+    replay = make_replay(seed=4, steps_per_iteration=0)  # past the fresh-only warm-up
+    reference = VAE(8, 1, 8, width=16)
+    reference.load_state_dict(replay.vae.state_dict())
+    rng = torch.Generator().manual_seed(4)
+    batch = fixed_batch(32)
+    replay.add(batch)
+    _authors_vae_step(reference, replay.teacher, batch[:16], rng, 4, first=False, lr=1e-3,
+                      latent_lr=0.02)
+    for (name, got), want in zip(replay.vae.state_dict().items(),
+                                 reference.state_dict().values()):
+        assert torch.allclose(got, want, atol=1e-6, rtol=1e-5), name
+    # Without the tuning gradient in the decoder's step the decoder would differ: the check
+    # above can fail.
+    plain = make_replay(seed=4, steps_per_iteration=0)
+    plain._tuned_latents_original = plain._tuned_latents
+    plain._tuned_latents = lambda count, decoder_gradient: (
+        plain._tuned_latents_original(count, decoder_gradient)[0],
+        [torch.zeros_like(p) for p in plain.vae.decoder.parameters()])
+    plain.add(batch)
+    assert not torch.allclose(plain.vae.decoder.project.weight, replay.vae.decoder.project.weight)
+
+
+def test_a_replayed_sample_is_decoded_from_latents_after_one_adam_step() -> None:
+    replay = make_replay(seed=6)
+    for _ in range(2):
+        replay.add(fixed_batch(32))
+    reference = VAE(8, 1, 8, width=16)
+    reference.load_state_dict(replay.vae.state_dict())
+    reference.eval()
+    rng = torch.Generator()
+    rng.set_state(replay.rng.get_state())
+    drawn = replay.sample(5)
+    z = torch.randn(5, 8, generator=rng).requires_grad_(True)
+    optimizer = torch.optim.Adam([z], lr=0.02)
+    _authors_tuning_loss(reference.decoder, replay.teacher, z, 1.0, 5.0).backward()
+    optimizer.step()
+    with torch.no_grad():
+        want = reference.decoder(z)
+    assert torch.allclose(drawn, want, atol=1e-6)
+    # The tuning moved the latents: decoding the untuned draw gives other samples.
+    rng.set_state(replay.rng.get_state())
+    assert not torch.allclose(replay.sample(5), drawn)
+
+
 @pytest.mark.parametrize("shape", [(1, 8, 8), (1, 28, 28), (3, 32, 32)])
 def test_vae_shapes(shape: tuple[int, int, int]) -> None:
-    vae = VAE(6, shape[0], shape[1])
+    vae = VAE(6, shape[0], shape[1], width=16)
     x = torch.randn(3, *shape)
     reconstruction, mu, logvar = vae(x, torch.Generator().manual_seed(0))
     assert reconstruction.shape == x.shape and mu.shape == logvar.shape == (3, 6)
@@ -261,18 +414,37 @@ def test_vae_shapes(shape: tuple[int, int, int]) -> None:
         VAE(6, shape[0], 30)
 
 
+def test_the_authors_encoder_and_memory_generator_at_their_width() -> None:
+    vae = VAE(1000, 3, 32)
+    encoder_convs = [m for m in vae.encoder.modules() if isinstance(m, nn.Conv2d)]
+    assert [(c.in_channels, c.out_channels, c.stride[0]) for c in encoder_convs] == [
+        (3, 64, 1), (64, 128, 1), (128, 128, 2)]
+    assert vae.encoder.to_mu.in_features == 32 * (32 // 4) ** 2  # LRA's 32 * init_size**2
+    epsilons = [m.eps for m in vae.modules() if isinstance(m, nn.BatchNorm2d)]
+    assert epsilons.count(0.8) == 4  # two in the encoder, two in the memory generator
+    # No spectral norm in the memory generator; LRA's initialisation everywhere.
+    assert not any("parametrizations" in name for name, _ in vae.named_parameters())
+    layers = [m for m in vae.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    assert all(layer.weight.abs().max() <= 0.08 for layer in layers)
+    assert all(torch.count_nonzero(layer.bias) == 0 for layer in layers)
+
+
 def test_vae_learns_a_fixed_batch_and_leaves_the_teacher_alone() -> None:
     teacher = tiny_teacher()
     before = {k: v.clone() for k, v in teacher.state_dict().items()}
     replay = make_replay(teacher=teacher)
-    assert not replay.can_sample(1) and replay.fill() == 0.0
+    replay.optimizer = torch.optim.Adam(replay.vae.parameters(), lr=3e-3)
     images = fixed_batch()
     start = replay.reconstruction_error(images)
-    for _ in range(60):
+    replay.add(images)
+    first_loss = replay.last_losses["reconstruction"]
+    for _ in range(59):
         replay.add(images)
     end = replay.reconstruction_error(images)
-    assert end < 0.7 * start, (start, end)
-    assert replay.can_sample(4) and replay.fill() == 1.0
+    # The authors' VAE learns slowly (batch-standardised output, eps-0.8 BatchNorms): 60
+    # steps take its eval-mode error from 0.76 to 0.64 and its training loss by a fifth.
+    assert end < 0.9 * start, (start, end)
+    assert replay.last_losses["reconstruction"] < 0.85 * first_loss
     drawn = replay.sample(4)
     assert drawn.shape == (4, 1, 8, 8) and drawn.dtype == torch.float32
     # Parameters and BatchNorm statistics untouched; no gradient ever reached the teacher.
@@ -282,10 +454,11 @@ def test_vae_learns_a_fixed_batch_and_leaves_the_teacher_alone() -> None:
     assert not teacher.training
 
 
-def test_untrained_vae_cannot_sample_and_train_mode_teacher_is_refused() -> None:
+def test_replay_samples_from_the_start_and_a_train_mode_teacher_is_refused() -> None:
     replay = make_replay()
-    with pytest.raises(RuntimeError):
-        replay.sample(1)
+    # LRA's student replays from its first step, from the untrained memory generator.
+    assert replay.can_sample(4) and replay.sample(4).shape == (4, 1, 8, 8)
+    assert replay.fill() == 0.0
     replay.teacher.train()
     with pytest.raises(RuntimeError, match="eval mode"):
         replay.add(fixed_batch())

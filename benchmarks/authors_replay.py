@@ -1,0 +1,99 @@
+"""Does the authors' generative replay retain? The check issue 18 asks for, as a table.
+
+Runs DFAD, MB-DFKD and PRE-DFKD (`--preset dfad|mb-dfkd|pre-dfkd`) at lrwa's CPU scale on
+mnist5k (the embedded LeNet-5 teacher -> LeNet-5-half) over the same seeds, and reports:
+- after a warm-up of W epochs, the mean retention loss (loss_ret) and gradient cosine
+  cos(grad L_acq, grad L_ret) of each replay system: near 0 means the replayed samples teach
+  the student nothing the fresh ones do not;
+- per system, the mean test accuracy over epochs (the papers' learning-curve mean);
+- PRE-DFKD - DFAD and MB-DFKD - DFAD paired over seeds: the mean difference with its 95%
+  t-interval, the paired t p-value and the exact sign-flip p-value.
+
+Each run is an ordinary lrwa run folder under --out, so an interrupted benchmark resumes
+where it stopped (a finished run is read, not rerun).
+
+    python benchmarks/authors_replay.py --out runs/authors_replay --seeds 5 --epochs 12
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from lrwa.config import build_config
+from lrwa.run import run_distillation
+from lrwa.sinks import read_metrics
+from lrwa.teacher import default_teacher
+
+SYSTEMS = ("dfad", "mb-dfkd", "pre-dfkd")
+
+
+def run_all(out: Path, seeds: int, epochs: int, iters: int) -> pd.DataFrame:
+    teacher = default_teacher(progress=False)
+    curves = []
+    for system, seed in itertools.product(SYSTEMS, range(seeds)):
+        folder = out / f"{system}-seed{seed}"
+        config = build_config("mnist5k", overrides={
+            "preset": system, "seed": seed, "epochs": epochs, "iters_per_epoch": iters,
+            "eval_split": "test", "grad_cos_every": 5})
+        done = (folder / "metrics.parquet").is_file() and len(read_metrics(folder)) == epochs
+        if not done:
+            resume = (folder / "checkpoint.pt").is_file()
+            run_distillation(None if resume else config, folder, resume=resume,
+                             teacher=teacher, progress=False)
+        curve = read_metrics(folder)
+        curves.append(curve.assign(system=system, seed=seed))
+    return pd.concat(curves, ignore_index=True)
+
+
+def sign_flip_p(differences: np.ndarray) -> float:
+    """Exact two-sided sign-flip permutation p-value of the mean difference."""
+    observed = abs(differences.mean())
+    flips = np.array(list(itertools.product((1, -1), repeat=len(differences))))
+    return float((np.abs((flips * differences).mean(axis=1)) >= observed - 1e-12).mean())
+
+
+def paired(a: pd.Series, b: pd.Series) -> str:
+    differences = (a - b).to_numpy()
+    mean, sd, n = differences.mean(), differences.std(ddof=1), len(differences)
+    half = stats.t.ppf(0.975, n - 1) * sd / np.sqrt(n)
+    p_t = stats.ttest_rel(a, b).pvalue
+    return (f"{100 * mean:+.2f} pts [{100 * (mean - half):+.2f}, {100 * (mean + half):+.2f}]  "
+            f"t p={p_t:.3f}  sign-flip p={sign_flip_p(differences):.3f}  "
+            f"({(differences > 0).sum()}/{n} seeds higher)")
+
+
+def report(curves: pd.DataFrame, warmup: int) -> None:
+    late = curves[curves["epoch"] > warmup]
+    print(f"After warm-up (epochs {warmup + 1}-{curves['epoch'].max()}), mean over seeds:")
+    print(f"{'system':10} {'loss_ret':>9} {'grad_cos':>9} {'loss_acq':>9} {'mean acc':>9}")
+    per_seed = curves.groupby(["system", "seed"])["test_acc"].mean().unstack(0)
+    for system in SYSTEMS:
+        rows = late[late["system"] == system]
+        print(f"{system:10} {rows['loss_ret'].mean():9.4f} {rows['grad_cos'].mean():9.3f} "
+              f"{rows['loss_acq'].mean():9.4f} {100 * per_seed[system].mean():8.2f}%")
+    print("\nPaired over seeds, mean test accuracy over all epochs:")
+    for system in ("pre-dfkd", "mb-dfkd"):
+        print(f"  {system} - dfad: {paired(per_seed[system], per_seed['dfad'])}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=Path("runs/authors_replay"))
+    parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument("--epochs", type=int, default=12)
+    parser.add_argument("--iters", type=int, default=10, help="iterations per epoch")
+    parser.add_argument("--warmup", type=int, default=4)
+    args = parser.parse_args()
+    curves = run_all(args.out, args.seeds, args.epochs, args.iters)
+    curves.to_csv(args.out / "curves.csv", index=False)
+    report(curves, args.warmup)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,107 @@
+"""Each named system trained as its authors' code trains it, counted on the running engine:
+the VAE's steps and sample shares per iteration, MB-DFKD's bank after k epochs and its
+one-time-point replays, DFAD's step order, and every preset for one epoch."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from lrwa.config import build_config
+from lrwa.data import load_split
+from lrwa.distiller import Distiller
+from lrwa.presets import SYSTEM_PRESETS
+from lrwa.teacher import train_teacher
+
+# CPU-tiny sizes on top of any system: the method is the preset's, the sizes these.
+TINY = {"epochs": 1, "iters_per_epoch": 3, "student_steps": 5, "batch_size": 32,
+        "generator_width": 8, "latent_dim": 16, "vae_latent_dim": 16, "grad_cos_every": 0}
+
+
+@pytest.fixture(scope="module")
+def teacher():
+    return train_teacher("mnist5k", "lenet5", epochs=1, progress=False)
+
+
+@pytest.fixture(scope="module")
+def split():
+    images, labels = load_split("mnist5k", "test").tensors()
+    return images[:200], labels[:200]
+
+
+def distiller(teacher, split, **values) -> Distiller:
+    config = build_config("mnist5k", {**TINY, **values})
+    return Distiller(config, teacher.model, teacher.spec, *split, device=torch.device("cpu"))
+
+
+def test_the_vae_trains_at_the_first_four_steps_on_half_a_batch_plus_an_eighth(teacher, split):
+    engine = distiller(teacher, split, preset="pre-dfkd")
+    sizes: list[int] = []
+    engine.replay.vae.encoder.register_forward_hook(
+        lambda module, inputs, output: sizes.append(len(inputs[0])))
+    row = engine.train_epoch()
+    # 3 iterations x the first 4 of 5 student steps; the first iteration reconstructs the
+    # fresh half alone (16 of 32), every later step 16 fresh + 32 / 8 = 4 replayed.
+    assert engine.replay.steps == 12
+    assert sizes == [16] * 4 + [16 + 4] * 8
+    # The student replays from its first step, decoded from tuned latents.
+    assert math.isfinite(row["loss_ret"]) and row["buffer_fill"] == 1.0
+
+
+def test_mb_dfkd_stores_one_slot_every_five_epochs_and_replays_one_slot_whole(teacher, split):
+    engine = distiller(teacher, split, preset="mb-dfkd", iters_per_epoch=1, student_steps=2)
+    last_fresh: list[torch.Tensor] = []
+    original = engine._fresh_images
+
+    def recording() -> torch.Tensor:
+        images = original()
+        last_fresh.append(images)
+        return images
+
+    engine._fresh_images = recording
+    replayed: list[torch.Tensor] = []
+    original_sample = engine.replay.sample
+    engine.replay.sample = lambda count: replayed.append(original_sample(count)) or replayed[-1]
+    rows = [engine.train_epoch() for _ in range(7)]
+    slot = 32 // 8
+    # After epochs 1 and 6 (LRA's epoch % 5 == 0, counted from 0): the first batch / 8
+    # samples of each epoch's last fresh batch, one slot each, oldest first.
+    per_epoch_last = [last_fresh[2 * epoch + 1] for epoch in range(7)]
+    want = torch.cat([per_epoch_last[0][:slot], per_epoch_last[5][:slot]]).half()
+    assert torch.equal(engine.replay.contents(), want)
+    # No replay before the first insertion; afterwards every replayed batch is one stored
+    # slot, whole and in order.
+    assert math.isnan(rows[0]["loss_ret"]) and all(math.isfinite(r["loss_ret"]) for r in rows[1:])
+    stored = [per_epoch_last[0][:slot].half().float(), per_epoch_last[5][:slot].half().float()]
+    for batch in replayed:
+        assert any(torch.equal(batch, one) for one in stored)
+    assert len(replayed) == 6 * 2  # epochs 2-7, two student steps each
+
+
+def test_dfad_takes_its_student_steps_before_the_generator_step(teacher, split):
+    calls: list[str] = []
+    engine = distiller(teacher, split, preset="dfad", iters_per_epoch=2, student_steps=3)
+    generator_step, student_step = engine.generator_step, engine.student_step
+    engine.generator_step = lambda: calls.append("G") or generator_step()
+    engine.student_step = lambda probe: calls.append("S") or student_step(probe)
+    engine.train_epoch()
+    assert "".join(calls) == "SSSGSSSG"
+    calls.clear()
+    lrwa = distiller(teacher, split, preset="lrwa-memory", iters_per_epoch=2, student_steps=3)
+    generator_step, student_step = lrwa.generator_step, lrwa.student_step
+    lrwa.generator_step = lambda: calls.append("G") or generator_step()
+    lrwa.student_step = lambda probe: calls.append("S") or student_step(probe)
+    lrwa.train_epoch()
+    assert "".join(calls) == "GSSSGSSS"
+
+
+@pytest.mark.parametrize("name", list(SYSTEM_PRESETS))
+def test_every_preset_runs_an_epoch(teacher, split, name):
+    engine = distiller(teacher, split, preset=name, insert_every_epochs=1)
+    rows = list(engine.epochs())
+    assert [row["epoch"] for row in rows] == [1]
+    assert math.isfinite(rows[0]["loss_acq"]) and math.isfinite(rows[0]["loss_gen"])
+    assert 0.0 <= rows[0]["test_acc"] <= 1.0
+    assert engine.config.preset == name
