@@ -55,6 +55,8 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--no-full-step", dest="full_step", action="store_false",
                         help="skip the full student step table")
+    parser.add_argument("--no-systems", dest="systems", action="store_false",
+                        help="skip the per-iteration table of the named systems")
     args = parser.parse_args()
 
     device = torch.device(args.device)
@@ -96,6 +98,10 @@ def main() -> None:
         print("\nfull student step (generate the fresh batch, teacher targets, replay sample, "
               "update), mnist5k small preset, lenet5 -> lenet5-half")
         print_table(full_step_timings(args.rounds, args.warmup, device))
+    if args.systems:
+        print("\nwhole iteration of each named system (1 generator step + 5 student steps and "
+              "its replay work), mnist5k small preset; replay = the scheme's own add + sample")
+        print_system_table(*system_iteration_timings(max(3, args.rounds // 5), 1, device))
 
 
 def print_table(timings: dict[str, list[float]]) -> None:
@@ -115,13 +121,14 @@ def full_step_timings(rounds: int, warmup: int, device: torch.device) -> dict[st
     spec = dataset_spec("mnist5k")
     distillers = {}
     for name, overrides in SETTINGS.items():
-        config = build_config("mnist5k", overrides={**overrides, "grad_cos_every": 0,
+        replay = {"replay": "none"} if overrides["mode"] == "acquire" else {}  # it has none
+        config = build_config("mnist5k", overrides={**overrides, **replay, "grad_cos_every": 0,
                                                     "device": device.type})
         teacher = build_model("lenet5", spec.channels, spec.image_size, spec.num_classes)
         images = torch.zeros(1, spec.channels, spec.image_size, spec.image_size)
         distiller = Distiller(config, teacher, spec, images, torch.zeros(1, dtype=torch.long),
                               device=device)
-        for _ in range(4):
+        for _ in range(4 if config.replay != "none" else 0):
             distiller.replay.add(distiller._fresh_images()[:config.samples_per_insertion])
         distillers[name] = distiller
     timings: dict[str, list[float]] = {name: [] for name in SETTINGS}
@@ -134,6 +141,65 @@ def full_step_timings(rounds: int, warmup: int, device: torch.device) -> dict[st
             if round_index >= warmup:
                 timings[name].append(time.perf_counter() - started)
     return timings
+
+
+SYSTEMS = ("dfad", "mb-dfkd", "pre-dfkd", "lrwa-memory", "lrwa-generative")
+
+
+def system_iteration_timings(rounds: int, warmup: int, device: torch.device
+                             ) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+    """Seconds per whole iteration of each preset, and the part its replay scheme took.
+
+    Each distiller runs one-iteration epochs, so `train_epoch` is one iteration: the
+    generator step, the student steps with their replayed batches, and the replay's own
+    training (generative: 4 VAE steps; MB-DFKD's bank: an insertion each epoch here)."""
+    from lrwa.config import build_config
+    from lrwa.data import dataset_spec
+    from lrwa.distiller import Distiller
+
+    spec = dataset_spec("mnist5k")
+    distillers, spent = {}, {name: 0.0 for name in SYSTEMS}
+    for name in SYSTEMS:
+        config = build_config("mnist5k", overrides={
+            "preset": name, "iters_per_epoch": 1, "epochs": 10_000, "insert_every_epochs": 1,
+            "grad_cos_every": 0, "device": device.type})
+        teacher = build_model("lenet5", spec.channels, spec.image_size, spec.num_classes)
+        images = torch.zeros(1, spec.channels, spec.image_size, spec.image_size)
+        distiller = Distiller(config, teacher, spec, images, torch.zeros(1, dtype=torch.long),
+                              device=device)
+        for method in ("add", "sample"):
+            original = getattr(distiller.replay, method)
+
+            def timed(*args: Any, _original: Any = original, _name: str = name) -> Any:
+                started = time.perf_counter()
+                result = _original(*args)
+                spent[_name] += time.perf_counter() - started
+                return result
+
+            setattr(distiller.replay, method, timed)
+        distillers[name] = distiller
+    totals: dict[str, list[float]] = {name: [] for name in SYSTEMS}
+    replay: dict[str, list[float]] = {name: [] for name in SYSTEMS}
+    for round_index in range(warmup + rounds):
+        for name, distiller in distillers.items():
+            spent[name] = 0.0
+            started = time.perf_counter()
+            distiller.train_epoch()
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            if round_index >= warmup:
+                totals[name].append(time.perf_counter() - started)
+                replay[name].append(spent[name])
+    return totals, replay
+
+
+def print_system_table(totals: dict[str, list[float]], replay: dict[str, list[float]]) -> None:
+    base = statistics.median(totals["mb-dfkd"])
+    print("| system | ms / iteration | ratio to MB-DFKD | of which replay, ms |\n|---|---|---|---|")
+    for name, samples in totals.items():
+        median = statistics.median(samples)
+        print(f"| {name} | {1e3 * median:.0f} | {median / base:.2f}x | "
+              f"{1e3 * statistics.median(replay[name]):.0f} |")
 
 
 if __name__ == "__main__":

@@ -7,12 +7,12 @@ teacher's normalised input space whatever the data set's statistics.
 
 Two styles, as the authors built them:
 - "pre-dfkd" (PRE-DFKD and LRA): spectral norm on the convolutions, which keeps the
-  adversarial game from blowing up, and every conv and linear weight drawn from
-  uniform(-0.08, 0.08) with zero biases. The generative-replay VAE's decoder, LRA's
+  adversarial game from blowing up; every conv and linear weight drawn from
+  uniform(-0.08, 0.08) with zero biases; the two inner BatchNorms written
+  BatchNorm2d(C, 0.8), whose second argument is eps, so those layers divide by
+  sqrt(var + 0.8) (not a momentum of 0.8). The generative-replay VAE's decoder, LRA's
   MemoryGenerator, is this network without the spectral norm.
-- "dfad" (DFAD's GeneratorA): no spectral norm, PyTorch's default initialisation.
-Both write the two inner BatchNorms as BatchNorm2d(C, 0.8): the second argument is eps,
-so those layers divide by sqrt(var + 0.8), not a momentum of 0.8. lrwa keeps that.
+- "dfad" (DFAD's GeneratorA): no spectral norm, PyTorch's default initialisation and eps.
 """
 
 from __future__ import annotations
@@ -52,6 +52,7 @@ class Generator(nn.Module):
         self.initial_size = image_size // 4
         self.width = width
         use_spectral = style == "pre-dfkd" if spectral is None else spectral
+        inner_eps = AUTHORS_BATCHNORM_EPS if style == "pre-dfkd" else 1e-5
         convs = [nn.Conv2d(width, width, 3, padding=1),
                  nn.Conv2d(width, width // 2, 3, padding=1),
                  nn.Conv2d(width // 2, channels, 3, padding=1)]
@@ -66,11 +67,11 @@ class Generator(nn.Module):
             nn.BatchNorm2d(width),
             nn.Upsample(scale_factor=2),
             convs[0],
-            nn.BatchNorm2d(width, eps=AUTHORS_BATCHNORM_EPS),
+            nn.BatchNorm2d(width, eps=inner_eps),
             nn.LeakyReLU(0.2),
             nn.Upsample(scale_factor=2),
             convs[1],
-            nn.BatchNorm2d(width // 2, eps=AUTHORS_BATCHNORM_EPS),
+            nn.BatchNorm2d(width // 2, eps=inner_eps),
             nn.LeakyReLU(0.2),
             convs[2],
             nn.Tanh(),

@@ -105,3 +105,23 @@ def test_every_preset_runs_an_epoch(teacher, split, name):
     assert math.isfinite(rows[0]["loss_acq"]) and math.isfinite(rows[0]["loss_gen"])
     assert 0.0 <= rows[0]["test_acc"] <= 1.0
     assert engine.config.preset == name
+
+
+def test_the_generators_are_the_authors_layer_for_layer() -> None:
+    from torch import nn
+
+    from lrwa.generator import Generator
+
+    lra = Generator(1000, 3, 32, style="pre-dfkd")
+    dfad = Generator(256, 3, 32, style="dfad")
+    # LRA: BatchNorm2d(128), (128, 0.8), (64, 0.8), (3, affine=False); DFAD: default eps.
+    assert [m.eps for m in lra.modules() if isinstance(m, nn.BatchNorm2d)] == [
+        1e-5, 0.8, 0.8, 1e-5]
+    assert [m.eps for m in dfad.modules() if isinstance(m, nn.BatchNorm2d)] == [1e-5] * 4
+    assert sum("parametrizations" in name for name, _ in lra.named_parameters()) == 3
+    assert not any("parametrizations" in name for name, _ in dfad.named_parameters())
+    # LRA's uniform(-0.08, 0.08) init with zero biases, against PyTorch's default for DFAD:
+    # the linear layer's default bound is 1/sqrt(1000) ~ 0.032 < 0.08.
+    lra_linear, dfad_linear = lra.project, Generator(1000, 3, 32, style="dfad").project
+    assert 0.07 < lra_linear.weight.abs().max() <= 0.08 and not lra_linear.bias.any()
+    assert dfad_linear.weight.abs().max() < 0.04 and dfad_linear.bias.any()
