@@ -6,8 +6,9 @@ mnist5k (the embedded LeNet-5 teacher -> LeNet-5-half) over the same seeds, and 
   cos(grad L_acq, grad L_ret) of each replay system: near 0 means the replayed samples teach
   the student nothing the fresh ones do not;
 - per system, the mean test accuracy over epochs (the papers' learning-curve mean);
-- PRE-DFKD - DFAD and MB-DFKD - DFAD paired over seeds: the mean difference with its 95%
-  t-interval, the paired t p-value and the exact sign-flip p-value.
+- PRE-DFKD - DFAD and MB-DFKD - DFAD paired over seeds (lrwa.paired_seeds): the mean
+  difference with its 95% t-interval, the paired t and exact sign-flip p-values, the
+  difference detectable at 80% power, and the verdict.
 
 Each run is an ordinary lrwa run folder under --out, so an interrupted benchmark resumes
 where it stopped (a finished run is read, not rerun).
@@ -21,11 +22,10 @@ import argparse
 import itertools
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
-from scipy import stats
 
 from lrwa.config import build_config
+from lrwa.paired_seeds import compare
 from lrwa.run import run_distillation
 from lrwa.sinks import read_metrics
 from lrwa.teacher import default_teacher
@@ -36,7 +36,8 @@ SYSTEMS = ("dfad", "mb-dfkd", "pre-dfkd")
 def run_all(out: Path, seeds: int, epochs: int, iters: int) -> pd.DataFrame:
     teacher = default_teacher(progress=False)
     curves = []
-    for system, seed in itertools.product(SYSTEMS, range(seeds)):
+    # Seed by seed, so that a benchmark cut short still holds complete pairs.
+    for seed, system in itertools.product(range(seeds), SYSTEMS):
         folder = out / f"{system}-seed{seed}"
         config = build_config("mnist5k", overrides={
             "preset": system, "seed": seed, "epochs": epochs, "iters_per_epoch": iters,
@@ -51,21 +52,12 @@ def run_all(out: Path, seeds: int, epochs: int, iters: int) -> pd.DataFrame:
     return pd.concat(curves, ignore_index=True)
 
 
-def sign_flip_p(differences: np.ndarray) -> float:
-    """Exact two-sided sign-flip permutation p-value of the mean difference."""
-    observed = abs(differences.mean())
-    flips = np.array(list(itertools.product((1, -1), repeat=len(differences))))
-    return float((np.abs((flips * differences).mean(axis=1)) >= observed - 1e-12).mean())
-
-
-def paired(a: pd.Series, b: pd.Series) -> str:
-    differences = (a - b).to_numpy()
-    mean, sd, n = differences.mean(), differences.std(ddof=1), len(differences)
-    half = stats.t.ppf(0.975, n - 1) * sd / np.sqrt(n)
-    p_t = stats.ttest_rel(a, b).pvalue
-    return (f"{100 * mean:+.2f} pts [{100 * (mean - half):+.2f}, {100 * (mean + half):+.2f}]  "
-            f"t p={p_t:.3f}  sign-flip p={sign_flip_p(differences):.3f}  "
-            f"({(differences > 0).sum()}/{n} seeds higher)")
+def paired(a: pd.Series, b: pd.Series, names: tuple[str, str]) -> str:
+    result = compare(a.to_numpy(), b.to_numpy(), names)
+    return (f"{100 * result.mean:+.2f} pts [{100 * result.ci_low:+.2f}, "
+            f"{100 * result.ci_high:+.2f}]  t p={result.t_p:.3f}  sign-flip "
+            f"p={result.sign_flip_p:.3f}  ({result.higher}/{result.n} seeds higher; "
+            f"detectable at 80% power: {100 * result.detectable:.1f} pts)  {result.verdict}")
 
 
 def report(curves: pd.DataFrame, warmup: int) -> None:
@@ -79,7 +71,8 @@ def report(curves: pd.DataFrame, warmup: int) -> None:
               f"{rows['loss_acq'].mean():9.4f} {100 * per_seed[system].mean():8.2f}%")
     print("\nPaired over seeds, mean test accuracy over all epochs:")
     for system in ("pre-dfkd", "mb-dfkd"):
-        print(f"  {system} - dfad: {paired(per_seed[system], per_seed['dfad'])}")
+        print(f"  {system} - dfad: "
+              f"{paired(per_seed[system], per_seed['dfad'], (system, 'dfad'))}")
 
 
 def main() -> None:

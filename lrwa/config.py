@@ -21,6 +21,7 @@ from typing import Any
 
 from lrwa.errors import LrwaError
 from lrwa.presets import SYSTEM_PRESETS, preset_values
+from lrwa.probes import parse_probe_epochs
 from lrwa.yaml_files import load_yaml_mapping, shown
 
 MODES = ("acquire", "joint", "meta")
@@ -135,6 +136,16 @@ class DistillConfig:
     eval_split: str = _field("test", choices=("test", "val"))
     grad_cos_every: int = _field(10, low=0, high=1_000_000,
                                  doc="student steps between cos(grad acq, grad ret) probes; 0 off")
+    # Retention measured directly (lrwa.probes): the student's agreement with the teacher on
+    # pseudo samples frozen at these epochs, every epoch after.
+    probe_size: int = _field(0, low=0, high=1_000_000,
+                             doc="samples per frozen probe set; 0: no probe sets")
+    probe_epochs: str = _field("1,5,10,20", doc="epochs whose samples are frozen as probes")
+    # The papers' variance and largest drop also after a warm-up: early epochs' climb is
+    # not forgetting.
+    warmup_epochs: int = _field(4, low=0, high=100_000,
+                                doc="epochs left out of var_acc_after_warmup and "
+                                    "max_drop_after_warmup")
     seed: int = _field(0, low=0, high=2**32 - 1)
     device: str = _field("auto", choices=("auto", "cpu", "cuda"))
     bf16: bool = _field(False, doc="bf16 autocast of the student update on CUDA")
@@ -314,6 +325,7 @@ def validate(config: DistillConfig) -> None:
     if config.detach_inner and config.mode != "meta":
         raise LrwaError(f"detach_inner changes only the meta step's theta'; mode "
                         f"'{config.mode}' has none (use mode meta or drop detach_inner)")
+    parse_probe_epochs(config.probe_epochs)
     if config.detach_inner and config.first_order:
         # Two different theta': first order keeps theta' a function of theta and drops the
         # Hessian; detach_inner cuts theta' off theta entirely. No update is both.

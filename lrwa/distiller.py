@@ -25,12 +25,14 @@ from lrwa.errors import LrwaError
 from lrwa.generator import Generator
 from lrwa.losses import GeneratorLossWeights, generator_loss, student_loss
 from lrwa.models import build_model
+from lrwa.probes import ProbeSets, parse_probe_epochs
 from lrwa.replay import build_replay
 from lrwa.seeding import capture_rng_state, restore_rng_state, seed_everything
 from lrwa.student_update import Batch, UpdateRule, apply_gradient, student_gradient
 from lrwa.teacher import accuracy, freeze
 
 GradientAverager = Callable[[list[Tensor]], None]
+PROBE_STREAM = 1 << 20  # offsets the probe sets' seed from every worker's noise stream
 
 
 class NonFiniteLoss(LrwaError):
@@ -99,6 +101,9 @@ class Distiller:
         self.step = 0        # student steps completed, over the whole run
         self.history: list[dict[str, Any]] = []
         self.teacher_acc = accuracy(self.teacher, eval_images, eval_labels)
+        # A stream of its own, so drawing probe sets leaves training's draws alone.
+        self.probes = ProbeSets(parse_probe_epochs(config.probe_epochs), config.probe_size,
+                                self.device, seed=config.seed + stream + PROBE_STREAM)
 
     def _set_student_lr(self) -> None:
         """The schedule is a pure function of the epoch, so resume needs no scheduler state."""
@@ -232,6 +237,8 @@ class Distiller:
             row = self.train_epoch()
             evaluate = self.epoch % self.config.eval_every == 0 or self.epoch == self.config.epochs
             row["test_acc"] = self.evaluate() if evaluate else math.nan
+            row.update(self.probes.after_epoch(self.epoch, self.generator, self.teacher,
+                                               self.student))
             row["wall_s"] = time.perf_counter() - started
             self.history.append(row)
             yield row
@@ -251,6 +258,7 @@ class Distiller:
             "iteration": self.iteration,
             "step": self.step,
             "history": [dict(row) for row in self.history],
+            "probes": self.probes.state_dict(),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -265,3 +273,4 @@ class Distiller:
         self.iteration = state["iteration"]
         self.step = state["step"]
         self.history = [dict(row) for row in state["history"]]
+        self.probes.load_state_dict(state.get("probes"))
