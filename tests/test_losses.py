@@ -58,6 +58,18 @@ def test_pre_dfkd_terms_have_their_known_values():
     assert loss.item() == pytest.approx(5 * -math.log10(2) + 0.1 * -2.0 + 1.0, abs=1e-4)
 
 
+def test_jsd_nats_keeps_lrwas_earlier_objective():
+    from lrwa.losses import jsd_nats_generator_loss
+
+    teacher = torch.tensor([[50.0, 0.0], [0.0, 50.0]])
+    features = torch.tensor([[2.0, -2.0], [2.0, 2.0]])
+    weights = GeneratorLossWeights(onehot=1.0, entropy=5.0, activation=0.1, adversarial=1.0)
+    loss = jsd_nats_generator_loss(teacher, features, teacher.clone(), weights)
+    # The earlier golden value: natural-log entropy -ln 2, JS divergence 0.
+    assert loss.item() == pytest.approx(5 * -math.log(2) + 0.1 * -2.0 + 1.0, abs=1e-4)
+    assert generator_loss("jsd-nats") is jsd_nats_generator_loss
+
+
 def _authors_generator_loss(teacher: np.ndarray, features: np.ndarray, student: np.ndarray,
                             oh: float, ie: float, a: float) -> float:
     """PRE-DFKD's generator loss as LRA's code computes it, written from scratch in float64:
