@@ -169,7 +169,7 @@ class Distiller:
         Generative replay: one VAE step on the fresh batch of each of the first
         `vae_steps_per_iteration` student steps of an iteration (LRA). A memory bank: the
         newest samples of an iteration's last student step, every `insert_every` iterations
-        from iteration 0, unless it inserts per epoch (`_end_epoch`)."""
+        from iteration 0, unless it inserts per epoch (the end of `train_epoch`)."""
         config = self.config
         if config.replay == "generative":
             if student_step < config.vae_steps_per_iteration:
