@@ -1,4 +1,4 @@
-"""Replay of past pseudo samples for the student's retention loss (METHOD.md).
+"""Replay of past pseudo samples for the student's retention loss (docs/method.md).
 
 One interface, `ReplayScheme` (`add`, `sample`, `can_sample`, `fill`,
 `state_dict`, `load_state_dict`), and three schemes behind it, chosen by name

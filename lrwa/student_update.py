@@ -1,4 +1,4 @@
-"""The student's gradient under the updates of METHOD.md, in two loss forms.
+"""The student's gradient under the updates of docs/method.md, in two loss forms.
 
 `replay_loss="separate"` is the paper's equation, two means:
 

@@ -1,4 +1,4 @@
-"""Known answers for the student updates (METHOD.md's sanity facts).
+"""Known answers for the student updates (docs/method.md's sanity facts).
 
 The student is a tiny BatchNorm-free LeNet in float64, so finite differences
 are accurate to far below the 1e-4 tolerance.
