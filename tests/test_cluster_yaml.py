@@ -279,3 +279,19 @@ def test_docs_teacher_recipes_match_the_code() -> None:
         recipe = recipes[dataset]
         assert (int(row[3]), int(row[4]), float(row[5])) == (
             recipe["epochs"], recipe["batch_size"], recipe["lr"]), dataset
+
+
+def test_the_head_publishes_its_node_types_after_starting_ray(config: dict[str, Any]) -> None:
+    """After `ray start --head`, the node types go to the GCS, where `lrwa tune` and Ray
+    Train read the cluster's maximum (tests/test_autoscaling.py runs the same command)."""
+    commands = config["head_start_ray_commands"]
+    start = next(index for index, line in enumerate(commands) if "ray start --head" in line)
+    publish = [shlex.split(line) for line in commands[start + 1:] if "ray_capacity" in line]
+    assert publish == [["python", "-m", "lrwa.ray_capacity", "publish",
+                        "~/ray_bootstrap_config.yaml"]]
+    assert "main" in _top_level_names("lrwa.ray_capacity")
+
+
+def test_docs_ask_for_no_nodes_by_hand() -> None:
+    """A `request_resources` outlives the driver and holds nodes up until it is cleared."""
+    assert "request_resources" not in DOCS_FILE.read_text()

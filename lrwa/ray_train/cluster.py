@@ -1,8 +1,9 @@
 """Ray itself: starting it quietly, and fitting the workers to the cluster before asking.
 
-A Ray Train run that asks for more than the cluster has does not fail: it waits for
-resources that never come. So the driver checks the request against the cluster's
-nodes first and refuses it in one line, within seconds.
+A Ray Train run that asks for more than the cluster can ever have does not fail: it waits
+for resources that never come. So the driver checks the request against the cluster's
+nodes at its largest first (the autoscaler's maximum, `ray_capacity`) and refuses it in
+one line, within seconds; an unreachable cluster is refused the same way (`ray_connect`).
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ import math
 import ray
 
 from lrwa.errors import LrwaError
+from lrwa.ray_capacity import cluster_capacity
+from lrwa.ray_connect import connect_ray
 
 
 def ensure_ray() -> None:
@@ -24,11 +27,7 @@ def ensure_ray() -> None:
     """
     if ray.is_initialized():
         return
-    # The notice that token authentication is on is printed at every start; it is not a
-    # problem to act on.
-    logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(
-        logging.ERROR)
-    ray.init(include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
+    connect_ray(include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
 
 
 def _fitting_workers(nodes: list[dict[str, float]], cpus: float, gpus: float) -> int:
@@ -47,13 +46,17 @@ def plan_cpus(workers: int, gpus_per_worker: float, cpus_per_worker: float | Non
 
     By default each worker gets the largest whole number of CPUs at which all of them
     fit, so the run has the cluster's CPUs shared out evenly (a CPU worker runs that many
-    torch threads). The check uses the cluster's total resources: it cannot know what
-    other jobs hold, and an autoscaling cluster must be scaled up first.
+    torch threads). The check uses the cluster at its largest (`ray_capacity`): it cannot
+    know what other jobs hold, and an autoscaling cluster adds the nodes the workers'
+    placement group waits for.
     """
-    nodes = [node["Resources"] for node in ray.nodes() if node.get("Alive")]
-    totals = ray.cluster_resources()
-    have = (f"the Ray cluster has {totals.get('CPU', 0):g} CPUs and "
-            f"{totals.get('GPU', 0):g} GPUs on {len(nodes)} node(s)")
+    capacity = cluster_capacity()
+    if capacity.warning:
+        print(f"warning: {capacity.warning}", flush=True)
+    nodes = capacity.nodes()
+    totals = {key: sum(node.get(key, 0.0) for node in nodes) for key in ("CPU", "GPU")}
+    have = (f"the Ray cluster has {totals['CPU']:g} CPUs and {totals['GPU']:g} GPUs on "
+            f"{len(nodes)} node(s) at its largest ({capacity.describe()})")
     if gpus_per_worker > 0 and totals.get("GPU", 0) == 0:
         raise LrwaError(f"--gpus-per-worker {gpus_per_worker:g} asks for GPUs but {have}")
     if cpus_per_worker is not None:

@@ -159,6 +159,10 @@ def _fit(trainer: TorchTrainer, queue: Queue, progress: Progress) -> ray.train.R
     consumer.start()
     try:
         result = trainer.fit()
+    except SystemExit:
+        # Ray Train's SIGINT handler aborts the run and exits; SIGTERM and SIGHUP reach it
+        # too (lrwa.signals). The last checkpoint stays for --resume: stop as Ctrl+C does.
+        raise KeyboardInterrupt from None
     except ray.train.WorkerGroupError as error:
         for rank, failure in sorted(error.worker_failures.items()):
             cause = _lrwa_cause(failure)

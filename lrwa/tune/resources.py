@@ -6,13 +6,18 @@ Ray Train places in a placement group of its own, so the trial holds a sliver of
 a CPU; reserving the workers in the trial's group as well would book them twice
 and deadlock a small machine (a trial holding 1 CPU with 2 one-CPU workers waits
 forever on 2 CPUs).
+
+"Ever" is the cluster at its largest (`lrwa.ray_capacity`): a trial, or each of its
+workers, must fit on one node type, and the study runs as many trials at once as the
+largest cluster holds, so an autoscaling cluster's pending trials start its nodes.
 """
 
 from __future__ import annotations
 
-import math
+from collections.abc import Mapping
 
 from lrwa.errors import LrwaError
+from lrwa.ray_capacity import Capacity, NodeType
 from lrwa.tune.study import Study
 
 # The Tune trial that drives a Ray Train run only waits on its workers; each worker gives
@@ -42,19 +47,89 @@ def resources_per_trial(study: Study) -> dict[str, float]:
             "GPU": study.workers * study.gpus}
 
 
-def check_cluster(study: Study, available: dict[str, float]) -> int:
-    """Refuse a trial the cluster can never place; return the concurrency it can hold."""
-    need = resources_per_trial(study)
+def _one_node(capacity: Capacity | Mapping[str, float]) -> Capacity:
+    if isinstance(capacity, Capacity):
+        return capacity
+    return Capacity((NodeType("the cluster", dict(capacity), 1),), "the resources given")
+
+
+def _refuse_unplaceable(study: Study, bundle: dict[str, float], capacity: Capacity,
+                        what: str) -> None:
+    """An LrwaError unless one node type holds `bundle` (one trial or worker never spans
+    two nodes, so a sum of the cluster's resources says nothing)."""
+    if capacity.fits_one_node(bundle):
+        return
+    largest = {key: max((node.resources.get(key, 0.0) for node in capacity.node_types
+                         if node.max_count), default=0.0) for key in bundle}
+    key = next((key for key in bundle if bundle[key] > largest[key] + 1e-9), None)
+    short = (f"{bundle[key]:g} {key} {what} but the Ray cluster's largest node has "
+             f"{largest[key]:g}" if key else
+             f"{bundle} {what} on one node but no node type of the Ray cluster holds all of it")
+    raise LrwaError(f"study '{study.name}' needs {short} ({capacity.describe()}); lower "
+                    "resources in the study file or use a larger cluster (RAY_ADDRESS)")
+
+
+def check_cluster(study: Study, capacity: Capacity | Mapping[str, float]) -> int:
+    """Refuse a trial the cluster can never place, even at its largest; return how many
+    trials run at once: min(max_concurrent, trials, what the cluster holds at its largest).
+
+    `capacity` is the cluster's (`lrwa.ray_capacity.cluster_capacity`), or a mapping
+    of resources taken as one node."""
+    capacity = _one_node(capacity)
     concurrency = min(study.max_concurrent, study.trials)
-    for key, amount in need.items():
-        if amount <= 0:
-            continue
-        have = float(available.get(key, 0.0))
-        if amount > have + 1e-9:
-            per = f"{study.workers} workers x " if study.workers > 1 else ""
-            raise LrwaError(f"study '{study.name}' needs {amount:g} {key} per trial "
-                            f"({per}resources) but the Ray cluster has {have:g}; lower "
-                            "resources in the study file or use a larger cluster "
-                            "(RAY_ADDRESS)")
-        concurrency = min(concurrency, max(1, math.floor(have / amount + 1e-9)))
-    return concurrency
+    if study.workers == 1:
+        bundle = trial_bundles(study)[0]
+        _refuse_unplaceable(study, bundle, capacity, "per trial")
+        held = capacity.slots(bundle)
+    else:
+        bundle = {"CPU": worker_cpus(study), **({"GPU": study.gpus} if study.gpus else {})}
+        _refuse_unplaceable(study, bundle, capacity, "per Ray Train worker")
+        held = capacity.slots(bundle) // study.workers
+        if held < 1:
+            raise LrwaError(f"study '{study.name}' needs {study.workers} workers x {bundle} per "
+                            f"trial but the Ray cluster holds at most {capacity.slots(bundle)} "
+                            f"such workers ({capacity.describe()}); lower resources.workers "
+                            "or use a larger cluster (RAY_ADDRESS)")
+    return max(1, min(concurrency, held))
+
+
+def capacity_line(study: Study) -> str:
+    """The dry run's line on the cluster: joined (and left) only where RAY_ADDRESS names
+    one; else the head's bootstrap config where this is a head; else this machine."""
+    import os
+
+    from lrwa.ray_capacity import BOOTSTRAP_CONFIG, cluster_capacity, from_ray_up_config
+
+    if os.environ.get("RAY_ADDRESS"):
+        import logging
+
+        import ray
+
+        from lrwa.ray_connect import connect_ray
+
+        try:
+            connect_ray(log_to_driver=False, logging_level=logging.ERROR)
+        except LrwaError as error:
+            return f"capacity: not known ({error})"
+        try:
+            capacity = cluster_capacity()
+        finally:
+            ray.shutdown()
+    elif BOOTSTRAP_CONFIG.expanduser().is_file():
+        import yaml
+
+        config = yaml.safe_load(BOOTSTRAP_CONFIG.expanduser().read_text()) or {}
+        capacity = from_ray_up_config(config, None, str(BOOTSTRAP_CONFIG))
+    else:
+        import torch
+
+        machine = {"CPU": float(os.cpu_count() or 1),
+                   "GPU": float(torch.cuda.device_count())}
+        capacity = Capacity((NodeType("this machine", machine, 1, head=True),),
+                            "a local Ray on this machine (set RAY_ADDRESS to judge a cluster)")
+    try:
+        held = f"{check_cluster(study, capacity)} trial(s) at a time"
+    except LrwaError as error:
+        held = f"refused: {error}"
+    warning = f"; warning: {capacity.warning}" if capacity.warning else ""
+    return f"capacity: {capacity.describe()}; {held}{warning}"
