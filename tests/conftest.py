@@ -1,5 +1,7 @@
 """Test-session settings: no test writes to the user's cache or needs a display, and torch
-uses one thread; `ray_session`, the one Ray session of a test module."""
+uses one thread; `ray_session`, the one Ray session of a test module; `teacher_file`, the
+tiny digits teacher every study test uses (trained once per session). Tests that need Ray
+are marked `slow`; the fast lane is `pytest -m "not slow and not cluster"`."""
 
 from __future__ import annotations
 
@@ -32,3 +34,26 @@ def ray_session():
              logging_level=logging.ERROR)
     yield
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def teacher_file(tmp_path_factory):
+    """A digits LeNet-5 teacher trained for one epoch (a second of CPU)."""
+    from tiny_study import write_tiny_teacher
+
+    return write_tiny_teacher(tmp_path_factory.mktemp("teacher"))
+
+
+# Fixtures that make a test slow: a Ray session, an S3 server with studies on it.
+SLOW_FIXTURES = {"ray_session", "endpoint"}
+# Modules that start Ray clusters of their own, or `lrwa tune` drivers on Ray.
+SLOW_MODULES = {"test_multinode.py", "test_signals.py"}
+
+
+def pytest_collection_modifyitems(config, items):
+    """Every test that starts or joins Ray is `slow`: the fast lane,
+    `pytest -m "not slow and not cluster"`, runs the rest."""
+    for item in items:
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())) or (
+                item.path.name in SLOW_MODULES):
+            item.add_marker(pytest.mark.slow)

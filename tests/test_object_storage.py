@@ -19,7 +19,7 @@ import time
 
 import pytest
 from moto_s3 import BUCKET, client, moto_server, read_object, s3_uri, stored
-from tiny_study import assert_one_truth, write_study_file, write_tiny_teacher
+from tiny_study import assert_one_truth, write_study_file
 
 from lrwa.cli import main
 from lrwa.errors import LrwaError
@@ -55,11 +55,6 @@ def endpoint():
 def ray_session(endpoint, ray_session):
     """conftest's session, started after the endpoint's environment is in place."""
     return ray_session
-
-
-@pytest.fixture(scope="module")
-def teacher_file(tmp_path_factory):
-    return write_tiny_teacher(tmp_path_factory.mktemp("teacher"))
 
 
 def _forget_local_journal(storage):
@@ -205,3 +200,29 @@ def test_a_lease_that_cannot_be_right_blocks_nobody(endpoint, monkeypatch, renew
                                              "token": "x", "renewed": renewed}).encode())
     with hold_study(store):
         assert _lease(endpoint, prefix)["pid"] == os.getpid()
+
+
+def test_a_study_whose_prefix_is_gone_is_a_new_study_and_restart_starts_over(
+        ray_session, endpoint, teacher_file, tmp_path):
+    """F11, F12: the local journal is a cache of the bucket's, never its source. With the
+    study's prefix deleted a rerun starts a new study (it used to report the cached trials
+    as complete); so does --restart, whatever the cache holds."""
+    storage = s3_uri(endpoint, "gone")
+    study = load_study_file(write_study_file(tmp_path, teacher_file, base={"epochs": 1},
+                                             budget={"trials": 1, "max_concurrent": 1}))
+    bucket = client(endpoint)
+    first = run_study(study, storage)
+    assert first.complete and first.ran and first.statuses["completed"] == 1
+    assert open_store(storage, "tiny").journal_file().is_file()  # the cache is there
+    bucket.delete_dir(f"{BUCKET}/gone/tiny")
+    lines = []
+    again = run_study(study, storage, out=lines.append)
+    assert again.ran and again.complete and not again.resumed, lines
+    assert again.statuses["completed"] == 1
+    assert any(line.startswith("starting study 'tiny'") for line in lines), lines
+    assert OPTUNA_FILE in stored(endpoint, "gone/tiny")
+    bucket.delete_dir(f"{BUCKET}/gone/tiny")
+    lines = []
+    restarted = run_study(study, storage, restart=True, out=lines.append)
+    assert restarted.ran and restarted.statuses["completed"] == 1, lines
+    assert_one_truth(s3_uri(endpoint, "gone/tiny"), budget=1, epochs=1)

@@ -41,11 +41,13 @@ def refused(data) -> str:
 # -- the hash that guards resumption ---------------------------------------------------------
 
 def test_shipped_study_hashes_are_unchanged():
-    # Written by the hand-written checker before the pydantic schema: a different hash
-    # would refuse to resume every existing quickstart and ablation study.
-    assert load_study_file("quickstart").fingerprint() == "bbdc56cff2570b6e"
-    assert load_study_file("mnist5k_ablation").fingerprint() == "1b234268135fb5a8"
-    assert load_study_file("quickstart").smoke_variant().fingerprint() == "0af940dea43c155a"
+    # A different hash refuses to resume every existing quickstart and ablation study, so
+    # it changes only on purpose. Last changed when the engine took the authors' generator
+    # objective and replay (new config keys in every resolved base) and the quickstart its
+    # smaller batch: a study begun before would mix two engines, and is refused.
+    assert load_study_file("quickstart").fingerprint() == "c518c9fb0d7ad55c"
+    assert load_study_file("mnist5k_ablation").fingerprint() == "04caafafac380086"
+    assert load_study_file("quickstart").smoke_variant().fingerprint() == "b9eb730e835b7e61"
 
 
 def test_the_hash_leaves_out_the_time_budget_and_the_description():
@@ -153,7 +155,7 @@ def test_the_file_is_read_by_the_strict_loader_and_named_in_errors(tmp_path):
     ({"loggers": {"mlflow": {"token": "x"}}},
      "unknown key 'loggers.mlflow.token' (known: tracking_uri, experiment)"),
     ({"variants": {"a": {"nokey": 1}}, "space": {**PICK_VARIANT, **SPACE}},
-     "unknown key 'variants.a.nokey' (known: teacher,"),
+     "unknown key 'variants.a.nokey' (known: "),
     ({"points_to_evaluate": [{"alpha": 0.5, "beta": 1}]},
      "unknown key 'points_to_evaluate[0].beta' (known: alpha, buffer_size, replay_ratio)"),
     ({"objective": [{"metric": "mean_acc", "direction": "max", "weight": 1}]},

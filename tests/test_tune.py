@@ -32,7 +32,6 @@ from tiny_study import (
     assert_one_truth,
     read_journal,
     write_study_file,
-    write_tiny_teacher,
 )
 
 from lrwa.config import from_mapping
@@ -47,11 +46,6 @@ from lrwa.tune.runner import run_study, summarise
 from lrwa.tune.storage import open_store
 from lrwa.tune.study import load_study_file, resolve_study_path, shipped_studies, studies_dir
 from lrwa.tune.trainable import FaultPlan
-
-
-@pytest.fixture(scope="module")
-def teacher_file(tmp_path_factory):
-    return write_tiny_teacher(tmp_path_factory.mktemp("teacher"))
 
 
 def _journal(study_dir, name="tiny"):
@@ -455,7 +449,8 @@ def test_data_parallel_trial_runs_ray_train_inside_tune(ray_session, teacher_fil
     assert outcome.statuses["completed"] == 1
     trials, curves = load_study(outcome.store.local_path())
     assert list(curves["epoch"]) == [1, 2]
-    checkpoint = sorted(outcome.store.local_path(trials.loc[0, "run_dir"]).glob("checkpoint_*"))
+    trial_folder = outcome.store.local_path(f"{RAY_DIR}/{trials.loc[0, 'trial_id']}")
+    checkpoint = sorted(trial_folder.glob("checkpoint_*"))
     assert {"ray_run.json", "student.pt"} <= {path.name for path in checkpoint[-1].iterdir()}
     # Ray Train's own checkpoints live in the study's storage, not on the trial's node.
     assert list(outcome.store.local_path(f"train/{trials.loc[0, 'trial_id']}").rglob("*.pt"))
@@ -486,20 +481,24 @@ def test_dry_run_measures_without_training_a_teacher(teacher_file, tmp_path, cap
     assert not (tmp_path / STUDY_JSON).exists()
 
 
-def test_report_refuses_damaged_files_in_one_line(ray_session, teacher_file, tmp_path):
+def test_report_rebuilds_damaged_views_and_refuses_what_is_not_a_study(ray_session,
+                                                                      teacher_file, tmp_path):
+    """trials.parquet and curves/ are views: a damaged table is rebuilt from the journal and
+    the curves (one notice), and a stray damaged file in curves/ is no trial's curve."""
     study = load_study_file(write_study_file(tmp_path, teacher_file))
     outcome = run_study(study, tmp_path / "results")
     study_dir = outcome.store.local_path()
+    trials, curves = load_study(study_dir)
     trials_file = study_dir / TRIALS_FILE
     good = trials_file.read_bytes()
     trials_file.write_bytes(good[: len(good) // 2])
-    with pytest.raises(LrwaError, match="trials.parquet cannot be read") as info:
-        write_report(study_dir)
-    assert "\n" not in str(info.value)
-    trials_file.write_bytes(good)
+    notes = []
+    write_report(study_dir, plots=False, out=notes.append)
+    assert f"rebuilt {TRIALS_FILE} of {study_dir}" in notes
+    healed, _ = load_study(study_dir)
+    assert healed.drop(columns="config").equals(trials.drop(columns="config"))
     (study_dir / CURVES_DIR / "garbage.parquet").write_bytes(b"not parquet at all")
-    with pytest.raises(LrwaError, match="curves cannot be read"):
-        load_study(study_dir)
+    assert load_study(study_dir)[1].equals(curves)
     with pytest.raises(LrwaError, match="not an lrwa study"):
         load_study(tmp_path)
     assert open_store(tmp_path / "results", "tiny").exists(STUDY_JSON)
@@ -566,7 +565,7 @@ def test_checkpoints_every_n_epochs_and_always_the_last(ray_session, teacher_fil
     assert outcome.complete and outcome.statuses["completed"] == 1
     trials, curves, _ = assert_one_truth(outcome.store.local_path(), budget=1)
     assert list(curves["epoch"]) == [1, 2, 3, 4, 5]
-    folder = outcome.store.local_path(trials.loc[0, "run_dir"])
+    folder = outcome.store.local_path(f"{RAY_DIR}/{trials.loc[0, 'trial_id']}")
     # Ray keeps the newest two: epoch 4 (every 2nd) and epoch 5 (the last).
     kept = [pq.read_table(path / "metrics.parquet").column("epoch").to_pylist()[-1]
             for path in sorted(folder.glob("checkpoint_*"))]

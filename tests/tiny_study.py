@@ -57,10 +57,11 @@ def read_journal(location, name="tiny"):
 
     import optuna
 
+    from lrwa.tune.journal import stored_journal
     from lrwa.tune.layout import OPTUNA_FILE
     from lrwa.tune.storage import open_study_location
 
-    data = open_study_location(str(location)).read_bytes(OPTUNA_FILE)
+    data = stored_journal(open_study_location(str(location)))
     assert data is not None, f"{location} holds no {OPTUNA_FILE}"
     with tempfile.NamedTemporaryFile(suffix=".journal", delete=False) as copy:
         copy.write(data)
@@ -96,15 +97,14 @@ def assert_one_truth(location, name="tiny", budget=None, epochs=None):
         assert states.get(trial.state.name) == row.status, (row.trial_id, trial.state)
         own = curves[curves["trial_id"] == row.trial_id]
         assert list(own["epoch"]) == list(range(1, row.epochs_run + 1)), row.trial_id
-        if row.status != "errored":
-            # The objective at every epoch, the epoch as the step, equal to the curve's.
-            assert sorted(trial.intermediate_values) == list(own["epoch"])
-            means = own["test_acc"].expanding().mean()
-            assert [trial.intermediate_values[e] for e in own["epoch"]] == pytest.approx(
-                list(means))
+        # The curve lives in curves/ only; the journal keeps no per-epoch copy of it.
+        assert trial.intermediate_values == {}
         if row.status == "completed":
             assert trial.value == pytest.approx(row.mean_acc)
-        assert trial.user_attrs["run_dir"] == f"{RAY_DIR}/{row.trial_id}"
+        # An ended trial names the checkpoint folder of its last epoch (its run folder).
+        run_dir = trial.user_attrs["run_dir"]
+        assert run_dir == f"{RAY_DIR}/{row.trial_id}" or run_dir.startswith(
+            f"{RAY_DIR}/{row.trial_id}/checkpoint_"), run_dir
         if epochs is not None:
             assert (row.status, row.epochs_run) == ("completed", epochs), row.trial_id
     return trials, curves, journal

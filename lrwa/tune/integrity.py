@@ -15,7 +15,9 @@ this study's driver wrote:
 * The HMAC key is a random 32-byte key kept outside the storage, in
   `$LRWA_STATE_KEY_FILE` or `~/.config/lrwa/state.key` (created with mode 0600 on
   first use). Someone who can write the storage but not read that file cannot
-  forge the record.
+  forge the record. A key file that is empty, shorter than 32 bytes, not hex, a
+  directory or unreadable is refused in one line before a study writes anything
+  (an empty key would let anyone sign).
 * `verify_state` refuses, in one line, a missing or unsigned record, a record signed
   with another key, a file whose digest was never recorded, and a file the record
   does not know.
@@ -36,14 +38,19 @@ from pathlib import Path
 from typing import Any
 
 from lrwa.errors import LrwaError
+from lrwa.tune.internals import (
+    STORAGE_MARKER_FILE,
+    TEMPORARY_PREFIXES,
+    TUNER_FILE,
+    experiment_trials,
+    newest_experiment_state,
+)
 from lrwa.tune.layout import RAY_DIR, RAY_STATE_FILE
-from lrwa.tune.storage import StudyStore
+from lrwa.tune.storage import StudyStore, first_line
 
 KEY_ENV = "LRWA_STATE_KEY_FILE"
+KEY_BYTES = 32  # the HMAC key: 32 random bytes, stored as 64 hex digits
 RECORD_FORMAT = "lrwa-ray-state/1"
-# Written by Ray to test that the storage is reachable; never read back.
-UNREAD_FILES = (".validate_storage_marker",)
-TUNER_FILE = "tuner.pkl"
 
 
 def key_file() -> Path:
@@ -54,22 +61,54 @@ def key_file() -> Path:
     return base / "lrwa" / "state.key"
 
 
-def signing_key(create: bool) -> bytes | None:
-    """This machine's key (made on first use when `create`), or None when there is none."""
-    path = key_file()
-    if path.is_file():
-        text = path.read_text().strip()
-        try:
-            return bytes.fromhex(text)
-        except ValueError:
-            raise LrwaError(f"{path} is not an lrwa state key (64 hex digits)") from None
-    if not create:
+def _bad_key(path: Path, problem: str) -> LrwaError:
+    return LrwaError(f"state key {path} {problem}; a state key is {2 * KEY_BYTES} hex digits "
+                     f"(python -c 'import secrets; print(secrets.token_hex({KEY_BYTES}))'), "
+                     f"set by {KEY_ENV} or kept in ~/.config/lrwa/state.key")
+
+
+def _parse_key(path: Path, data: bytes) -> bytes:
+    """The key a file holds, refused in one line unless it is 64 or more hex digits:
+    an empty or short key would let anyone who can write the storage sign Ray's state."""
+    try:
+        text = data.decode("ascii").strip()
+        key = bytes.fromhex(text)
+    except (UnicodeDecodeError, ValueError):
+        raise _bad_key(path, "is not hex digits") from None
+    if len(key) < KEY_BYTES:
+        raise _bad_key(path, "is empty" if not key else
+                       f"holds {len(key)} bytes, fewer than {KEY_BYTES}")
+    return key
+
+
+def _read_key(path: Path) -> bytes | None:
+    try:
+        return _parse_key(path, path.read_bytes())
+    except FileNotFoundError:
         return None
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(handle, "w") as written:
-        written.write(secrets.token_hex(32) + "\n")
-    return bytes.fromhex(path.read_text().strip())
+    except IsADirectoryError:
+        raise _bad_key(path, "is a directory") from None
+    except OSError as error:
+        raise _bad_key(path, f"cannot be read ({first_line(error)})") from None
+
+
+def signing_key(create: bool) -> bytes | None:
+    """This machine's key (made on first use when `create`), or None when there is none.
+    Checked before a study writes anything (`runner.run_study`)."""
+    path = key_file()
+    key = _read_key(path)
+    if key is not None or not create:
+        return key
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(handle, "w") as written:
+            written.write(secrets.token_hex(KEY_BYTES) + "\n")
+    except FileExistsError:
+        pass  # another driver made it first; use theirs
+    except OSError as error:
+        raise _bad_key(path, f"cannot be created ({first_line(error)})") from None
+    return _read_key(path)
 
 
 def key_id(key: bytes) -> str:
@@ -88,8 +127,8 @@ def _read_record(store: StudyStore) -> dict[str, Any] | None:
 def _digest_files(folder: Path) -> dict[str, str]:
     return {path.name: hashlib.sha256(path.read_bytes()).hexdigest()
             for path in sorted(folder.iterdir())
-            if path.is_file() and path.name not in UNREAD_FILES
-            and not path.name.startswith((".", "tmp-"))}
+            if path.is_file() and path.name != STORAGE_MARKER_FILE
+            and not path.name.startswith(TEMPORARY_PREFIXES)}
 
 
 def record_state(store: StudyStore, staging: Path | None = None) -> None:
@@ -134,7 +173,7 @@ def verify_state(store: StudyStore) -> None:
             allowed.setdefault(name, set()).add(digest)
     for relative in store.list_files(RAY_DIR, recursive=False):
         name = relative.rpartition("/")[2]
-        if name in UNREAD_FILES:
+        if name == STORAGE_MARKER_FILE:
             continue
         if name not in allowed:
             raise LrwaError(f"{store.location(relative)} was not written by this study's "
@@ -142,3 +181,11 @@ def verify_state(store: StudyStore) -> None:
         if store.digest(relative) not in allowed[name]:
             raise LrwaError(f"{store.location(relative)} changed since this study's driver "
                             "wrote it; Ray would unpickle it on restore, so lrwa refuses")
+
+
+def restored_trials(store: StudyStore) -> dict[str, tuple[str, dict[str, Any]]]:
+    """{trial id: (status, last result)} of the trials in the experiment state Tune restores from (read as
+    JSON, never unpickled); empty when Ray holds none."""
+    newest = newest_experiment_state(store.list_files(RAY_DIR, recursive=False))
+    data = store.read_bytes(f"{RAY_DIR}/{newest}") if newest else None
+    return experiment_trials(data) if data else {}

@@ -3,22 +3,28 @@
 The journal is an append-only log that the driver alone writes (Ray Tune's
 `OptunaSearch` asks it for new trials; `record_outcome` tells it how each ended).
 In a folder storage it is the study's `optuna.journal` itself. With an object store
-the driver works on a local copy (Optuna's file backend needs a local file): it is
-uploaded after every change of a trial's state, and on start the longer of the
-stored and the local copy is kept, after checking that the shorter is a prefix of
-it, so a head node that died with unsent lines loses nothing another head needs.
+the driver works on a local copy (Optuna's file backend needs a local file), a cache
+of the stored journal and never its source: `pull_journal` makes the cache hold what
+the store holds (a study whose stored journal is gone has none), `push_journal` sends
+what was appended since the last push as a part of its own, and `compact_journal`
+writes the whole file again at the end of a session.
 
-A trial's end is told once: `record_outcome` writes the objective at every epoch
-(from the trial's curve, so the two agree exactly), the user attributes that link it
-to lrwa, then its state, and does nothing for a trial that is already finished.
-Stopped-early trials are PRUNED and errored ones FAIL, so TPE and optuna-dashboard
-rank only whole runs, as `lrwa report` does.
+Before a driver uses the journal, `heal_journal` checks it: a torn last record (a
+crash mid-append leaves one) is dropped with one notice; any other damage is refused
+in one line naming the file, never left for Optuna or Ray to trip over.
+
+A trial's end is told once: its objective values (the curve statistics), the user
+attributes that link it to lrwa, then its state; a trial already finished is left
+alone. Stopped-early trials are PRUNED and errored ones FAIL, so TPE and
+optuna-dashboard rank only whole runs, as `lrwa report` does. Per-epoch values are not
+copied into the journal: the curve is in curves/.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+import os
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import optuna
@@ -27,10 +33,12 @@ from optuna.storages.journal import JournalFileBackend
 from optuna.trial import FrozenTrial, TrialState
 
 from lrwa.errors import LrwaError
+from lrwa.tune.internals import is_journal_record, study_storage
 from lrwa.tune.layout import (
     COMPLETED,
     ERROR_ATTR,
     ERRORED,
+    JOURNAL_PARTS,
     OPTUNA_FILE,
     OPTUNA_STATES,
     STOPPED_EARLY,
@@ -49,36 +57,179 @@ def journal_storage(store: StudyStore) -> JournalStorage:
     return JournalStorage(JournalFileBackend(str(path)))
 
 
+# Object stores: how many bytes of the local copy the store holds, by study location.
+_SENT: dict[str, int] = {}
+
+
+def stored_journal(store: StudyStore) -> bytes | None:
+    """The journal as the store holds it: `optuna.journal`, then the parts appended since
+    it was last written whole (`journal_parts`), each named by the offset it starts at;
+    None when there is neither. A folder storage's journal is its one file."""
+    base = store.read_bytes(OPTUNA_FILE)
+    parts = store.list_files(JOURNAL_PARTS) if store.remote else []
+    if not parts:
+        return base
+    data = base or b""
+    for part in parts:
+        chunk = store.read_bytes(part) or b""
+        offset = int(part.rpartition("/")[2].partition(".")[0])
+        if offset > len(data) or data[offset:offset + len(chunk)] != chunk[:len(data) - offset]:
+            raise damaged_journal(store, f"{part} does not continue it")
+        data += chunk[len(data) - offset:]  # a part already in the whole file adds nothing
+    return data
+
+
 def pull_journal(store: StudyStore) -> None:
-    """Object stores: bring the local working copy up to date with the stored one."""
+    """Object stores: make the local cache hold what the store holds. A study whose stored
+    journal is gone has none, whatever the cache says; lines the cache holds beyond the
+    stored ones (a driver on this machine died before sending them) are kept and sent."""
     if not store.remote:
         return
-    stored = store.read_bytes(OPTUNA_FILE) or b""
+    stored = stored_journal(store)
     path = store.journal_file()
+    if stored is None:
+        path.unlink(missing_ok=True)
+        _SENT[store.location()] = 0
+        return
     local = path.read_bytes() if path.is_file() else b""
-    if local.startswith(stored):
-        return  # the local copy holds everything stored, and maybe lines not yet sent
-    if not stored.startswith(local):
-        raise LrwaError(f"{store.location(OPTUNA_FILE)} and the local copy {path} have "
-                        "diverged (two drivers wrote this study); move one aside")
+    _SENT[store.location()] = len(stored)
+    if local.startswith(stored) and local.endswith(b"\n"):
+        push_journal(store)
+        return
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(stored)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    temporary.write_bytes(stored)
+    temporary.replace(path)
 
 
 def push_journal(store: StudyStore) -> None:
-    """Object stores: upload the local working copy of the journal."""
-    if store.remote and store.journal_file().is_file():
-        store.write_bytes(OPTUNA_FILE, store.journal_file().read_bytes())
+    """Object stores: send what the local copy gained since the last push, as one part (the
+    traffic of a change is the change, not the whole journal)."""
+    path = store.journal_file()
+    if not store.remote or not path.is_file():
+        return
+    sent = _SENT.get(store.location(), 0)
+    with open(path, "rb") as journal:
+        journal.seek(sent)
+        new = journal.read()
+    if new:
+        store.write_bytes(f"{JOURNAL_PARTS}/{sent:016d}.jsonl", new)
+        _SENT[store.location()] = sent + len(new)
+
+
+def compact_journal(store: StudyStore) -> None:
+    """Object stores, at the end of a session: the whole journal in `optuna.journal` again,
+    its parts gone (written first, so a reader meets every record at every instant)."""
+    path = store.journal_file()
+    if not store.remote or not path.is_file():
+        return
+    push_journal(store)
+    parts = store.list_files(JOURNAL_PARTS)
+    if parts:
+        store.write_bytes(OPTUNA_FILE, path.read_bytes())
+        store.delete(JOURNAL_PARTS)
+
+
+def damaged_journal(store: StudyStore, problem: str) -> LrwaError:
+    return LrwaError(f"{store.location(OPTUNA_FILE)} is damaged ({problem}); restore it from a "
+                     "copy, or pass --restart to move the study aside and start over")
+
+
+def heal_journal(store: StudyStore, out: Callable[[str], None]) -> None:
+    """Drop a torn last record (one notice); refuse, in one line, any other damage."""
+    path = store.journal_file()
+    if not path.is_file():
+        return
+    data = path.read_bytes()
+    if data and not data.endswith(b"\n"):
+        kept = data.rfind(b"\n") + 1
+        with open(path, "r+b") as journal:
+            journal.truncate(kept)
+            os.fsync(journal.fileno())
+        if store.remote:  # the store's copy is rewritten whole, without the torn record
+            store.write_bytes(OPTUNA_FILE, data[:kept])
+            store.delete(JOURNAL_PARTS)
+            _SENT[store.location()] = kept
+        out(f"{store.location(OPTUNA_FILE)}: dropped a torn last record ({len(data) - kept} "
+            "bytes, left by a crash while it was written)")
+        data = data[:kept]
+    for number, line in enumerate(data.splitlines(), start=1):
+        if not is_journal_record(line):
+            raise damaged_journal(store, f"line {number} is not an Optuna journal record")
 
 
 def open_optuna_study(store: StudyStore) -> optuna.Study | None:
     """The study's Optuna study, or None when the journal holds none yet."""
     if not store.journal_file().is_file():
         return None
-    storage = journal_storage(store)
-    if not any(summary.study_name == store.name for summary in storage.get_all_studies()):
-        return None
-    return optuna.load_study(study_name=store.name, storage=storage)
+    try:
+        storage = journal_storage(store)
+        if not any(summary.study_name == store.name
+                   for summary in storage.get_all_studies()):
+            return None
+        return optuna.load_study(study_name=store.name, storage=storage)
+    except (AssertionError, KeyError, ValueError, TypeError) as error:
+        # Records that each parse but do not replay (edited by hand, from another study).
+        raise damaged_journal(store, f"Optuna cannot replay it: {type(error).__name__}") \
+            from None
+
+
+class TrialIndex:
+    """The journal's trials by lrwa's trial id, kept up to date as trials are added, so
+    finding one costs O(1) amortized instead of a pass over every trial."""
+
+    def __init__(self, optuna_study: optuna.Study) -> None:
+        self.study = optuna_study
+        self.storage = study_storage(optuna_study)
+        self.study_id = self.storage.get_study_id_from_name(optuna_study.study_name)
+        self._internal: dict[str, int] = {}  # lrwa trial id -> Optuna's trial id
+        self._scanned = 0                     # trial numbers below this were looked at
+        self._untagged: set[int] = set()      # looked at before lrwa's id was set
+
+    def _look(self, internal: int) -> None:
+        trial_id = self.storage.get_trial(internal).user_attrs.get(TRIAL_ID_ATTR)
+        if trial_id is None:
+            self._untagged.add(internal)
+        else:
+            self._untagged.discard(internal)
+            self._internal[str(trial_id)] = internal
+
+    def _scan_new(self) -> None:
+        for internal in list(self._untagged):
+            self._look(internal)
+        while True:
+            try:
+                internal = self.storage.get_trial_id_from_study_id_trial_number(
+                    self.study_id, self._scanned)
+            except KeyError:
+                return
+            self._look(internal)
+            self._scanned += 1
+
+    def internal_id(self, trial_id: str) -> int | None:
+        internal = self._internal.get(trial_id)
+        if internal is not None and self.storage.get_trial(internal).user_attrs.get(
+                TRIAL_ID_ATTR) == trial_id:
+            return internal
+        self._scan_new()
+        internal = self._internal.get(trial_id)
+        if internal is None or self.storage.get_trial(internal).user_attrs.get(
+                TRIAL_ID_ATTR) != trial_id:
+            # Re-tagged since it was seen (a lost trial handed on, `search.py`): look again.
+            self._internal.clear()
+            self._scanned, self._untagged = 0, set()
+            self._scan_new()
+            internal = self._internal.get(trial_id)
+        return internal
+
+    def get(self, trial_id: str) -> FrozenTrial | None:
+        internal = self.internal_id(trial_id)
+        return None if internal is None else self.storage.get_trial(internal)
+
+    def all(self) -> dict[str, FrozenTrial]:
+        self._scan_new()
+        return {trial_id: self.storage.get_trial(internal)
+                for trial_id, internal in self._internal.items()}
 
 
 def lrwa_trials(optuna_study: optuna.Study) -> dict[str, FrozenTrial]:
@@ -95,38 +246,31 @@ def status_of(trial: FrozenTrial) -> str:
     return OPTUNA_STATES.get(trial.state.name, UNFINISHED)
 
 
-def set_attrs(optuna_study: optuna.Study, trial: FrozenTrial, attrs: Mapping[str, Any]) -> None:
+def set_attrs(index: TrialIndex, trial_id: str, attrs: Mapping[str, Any]) -> None:
+    internal = index.internal_id(trial_id)
+    if internal is None:
+        return
+    current = index.storage.get_trial(internal).user_attrs
     for key, value in attrs.items():
-        if trial.user_attrs.get(key) != value:
-            optuna_study._storage.set_trial_user_attr(trial._trial_id, key, value)
+        if current.get(key) != value:
+            index.storage.set_trial_user_attr(internal, key, value)
 
 
-def record_outcome(optuna_study: optuna.Study, trial: FrozenTrial, status: str,
-                   rows: Sequence[Mapping[str, Any]], objectives: Sequence[Any],
+def record_outcome(index: TrialIndex, trial_id: str, status: str,
+                   summary: Mapping[str, Any], objectives: Sequence[Any],
                    attrs: Mapping[str, Any]) -> str:
-    """Tell the journal how `trial` ended (once); returns the status it now holds."""
+    """Tell the journal how trial `trial_id` ended (once); returns the status it now holds.
+    `summary`: the curve statistics of the trial (`results.curve_summary`)."""
+    trial = index.get(trial_id)
+    if trial is None:
+        return UNFINISHED
     if trial.state.is_finished():
         return status_of(trial)
-    values = [rows_statistic(rows, objective.metric) for objective in objectives]
+    values = [float(summary.get(objective.metric, math.nan)) for objective in objectives]
     if status == COMPLETED and not all(math.isfinite(value) for value in values):
         status = ERRORED
         attrs = {**attrs, ERROR_ATTR: "the objective is not a number (no evaluated epoch?)"}
-    storage = optuna_study._storage
-    if len(objectives) == 1:
-        # Optuna keeps one objective value per step; the epoch is the step, and the
-        # value the same curve statistic the trial reported at that epoch.
-        for index in range(len(rows)):
-            value = rows_statistic(rows[:index + 1], objectives[0].metric)
-            if math.isfinite(value):
-                storage.set_trial_intermediate_value(trial._trial_id, int(rows[index]["epoch"]),
-                                                     value)
-    set_attrs(optuna_study, trial, attrs)
-    optuna_study.tell(trial.number, values=values if status == COMPLETED else None,
-                      state=STATE_OF_STATUS[status], skip_if_finished=True)
+    set_attrs(index, trial_id, attrs)
+    index.study.tell(trial.number, values=values if status == COMPLETED else None,
+                     state=STATE_OF_STATUS[status], skip_if_finished=True)
     return status
-
-
-def rows_statistic(rows: Sequence[Mapping[str, Any]], metric: str) -> float:
-    from lrwa.tune.results import curve_summary
-
-    return float(curve_summary(rows)[metric]) if rows else math.nan

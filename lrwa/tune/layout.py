@@ -1,30 +1,35 @@
 """The names of a study's files and of its metrics: defined here once, imported by every
 writer and reader of a study.
 
-    STORAGE/<study>/study.json        the resolved study and its hash (guards resumption)
+    STORAGE/<study>/study.json        the resolved study, its hash (guards resumption) and
+                                      the study file's own terms
     STORAGE/<study>/study.yaml        the same, for people
     STORAGE/<study>/optuna.journal    the Optuna study: every trial's state, parameters,
-                                      per-epoch objective and lrwa's trial id (the truth
-                                      about trials; a copy when the storage is an object
-                                      store, the driver's own file otherwise)
-    STORAGE/<study>/curves/trial_id=<id>/curve.parquet   one row per (trial, epoch)
-    STORAGE/<study>/trials.parquet    one row per trial, rebuilt from the journal and curves
-    STORAGE/<study>/ray/              Ray Tune's experiment state and each trial's
-                                      checkpoints (ray/<trial_id>/checkpoint_NNNNNN/)
+                                      objective and lrwa's trial id (the one record of
+                                      trials; on an object store the driver works on a
+                                      local cache of it)
+    STORAGE/<study>/optuna.journal.d/ object stores: records appended since the journal
+                                      was last written whole, one part per push
+    STORAGE/<study>/curves/<id>.parquet  one row per epoch of an ended trial (a running
+                                      trial's epochs are in Ray's ray/<id>/result.json)
+    STORAGE/<study>/trials.parquet    one row per trial (a view of the journal and curves)
+    STORAGE/<study>/ray/              Ray Tune's experiment state and each trial's results
+                                      and checkpoints (ray/<trial_id>/checkpoint_NNNNNN/)
     STORAGE/<study>/ray_state.json    signed digests of Ray's state (`integrity.py`)
     STORAGE/<study>/lock.json         the driver holding the study (`lock.py`)
     STORAGE/<study>/best_config.yaml, report/   written by `lrwa report`
+    STORAGE/<study>/attempts/<time>/  what a start that Ray never recorded left
 """
 
 from __future__ import annotations
 
+DEFAULT_STORAGE = "tune_results"  # where `lrwa tune` puts studies unless --storage
 STUDY_FORMAT = "lrwa-study/2"  # study.json's format; 2: curves/<trial_id>.parquet, Ray owns checkpoints
 STUDY_JSON = "study.json"
 STUDY_YAML = "study.yaml"
 OPTUNA_FILE = "optuna.journal"
+JOURNAL_PARTS = "optuna.journal.d"  # object stores: records appended since the last whole write
 CURVES_DIR = "curves"
-CURVE_FILE = "curve.parquet"
-PARTITION = "trial_id"
 TRIALS_FILE = "trials.parquet"
 RAY_DIR = "ray"
 RAY_STATE_FILE = "ray_state.json"

@@ -1,13 +1,26 @@
 """The driver's record of a running study: a Ray Tune callback, the only writer of the
 study's curves, its trial table and the trial states in the Optuna journal.
 
-Each epoch a trial reports reaches `on_trial_result`, which replaces the trial's curve
-from that epoch on (`results.replace_from`) and prints one line. When Tune ends a
-trial, `_record_end` decides its status once (errored when it reported an error or Tune
-saw it fail, completed when it reached the last epoch, stopped early otherwise), tells
-the journal (`journal.record_outcome`) and rebuilds trials.parquet. A trial the journal
+Each epoch a trial reports reaches `on_trial_result`, which appends it to the trial's
+rows (a replayed epoch e replaces the rows from e on) and prints one line; Ray keeps its
+own record of every report (`result.json`), from which a restarted driver and the views
+recover them. When Tune ends a trial, `_record_end` decides its status once (errored
+when it reported an error of the engine, completed when it reached the last epoch,
+stopped early otherwise), tells the journal (`journal.record_outcome`), writes the
+trial's curve file and updates its row of trials.parquet. A trial the journal
 already holds as finished is never changed again, so a result Ray replays after a
 restore from an older experiment state is ignored.
+
+A trial that fails outside the engine (its process, node or disk: Ray retried it from
+its last checkpoint and gave up) is not told to the journal as failed: it stays
+unfinished, with its error noted, and the next rerun resumes it from its last
+checkpoint (Tune's `resume_errored`), so a full disk or a lost node never becomes a
+permanent verdict on a configuration.
+
+Every event costs the same however large the study: trials are found through an
+index (`journal.TrialIndex`), an epoch is appended in memory, and trials.parquet is rewritten only
+when the rows changed since the last write reach an eighth of the table, and at the
+end of the experiment (readers heal it in between, `views.heal_views`).
 
 Tune pickles this callback with the Tuner and brings the pickled copy back on restore,
 so it holds only plain values; what belongs to one invocation (where lines go) is
@@ -21,7 +34,7 @@ import math
 import os
 import signal
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -29,12 +42,12 @@ from optuna.trial import TrialState
 from ray.tune import Callback
 
 from lrwa.tune.journal import (
-    lrwa_trials,
+    TrialIndex,
+    compact_journal,
     open_optuna_study,
     push_journal,
     record_outcome,
     set_attrs,
-    status_of,
 )
 from lrwa.tune.layout import (
     COMPLETED,
@@ -44,26 +57,22 @@ from lrwa.tune.layout import (
     ERRORED,
     RAY_DIR,
     RUN_DIR_ATTR,
-    STATUSES,
     STOPPED_EARLY,
     TRIAL_ID_ATTR,
-    TRIALS_FILE,
-    UNFINISHED,
     VERSION_KEYS,
     VERSIONS_ATTR,
 )
 from lrwa.tune.results import (
     curve_summary,
-    parquet_table,
     read_curve_rows,
     replace_from,
-    trials_schema,
     write_curve,
     write_trials_table,
 )
 from lrwa.tune.search import lost_trials
 from lrwa.tune.storage import StudyStore
 from lrwa.tune.study import Study
+from lrwa.tune.views import ray_rows, read_table_rows, trial_record
 
 Printer = Callable[[str], None]
 
@@ -128,13 +137,23 @@ def error_of_failed_trial(trial: Any) -> str:
     return "the trial failed outside the engine (see Ray's logs)"
 
 
+# trials.parquet is rewritten once the rows changed since its last write reach this share
+# of the table: each trial end then costs O(1) rows of encoding, amortized.
+TABLE_REWRITE_SHARE = 8
+
+
 class StudyRecorder(Callback):
     def __init__(self, study: Study, store: StudyStore) -> None:
         self.study = study
         self.store = store
         self._rows: dict[str, list[dict[str, Any]]] = {}
+        self._settings: dict[str, dict[str, Any]] = {}
+        self._numbers: dict[str, int] = {}
         self._optuna: Any = None
-        self._reconciled = False
+        self._index: TrialIndex | None = None
+        self._table: dict[str, dict[str, Any]] | None = None
+        self._unwritten = 0
+        self._versions: dict[str, Any] | None = None
 
     def __getstate__(self) -> dict[str, Any]:
         return {"study": self.study, "store": self.store}
@@ -153,17 +172,36 @@ class StudyRecorder(Callback):
             self._optuna = open_optuna_study(self.store)
         return self._optuna
 
+    @property
+    def index(self) -> TrialIndex | None:
+        if self._index is None and self.optuna_study is not None:
+            self._index = TrialIndex(self.optuna_study)
+        return self._index
+
     def _journal_trial(self, trial_id: str) -> Any:
-        return lrwa_trials(self.optuna_study).get(trial_id) if self.optuna_study else None
+        return self.index.get(trial_id) if self.index is not None else None
 
     def _rows_of(self, trial_id: str) -> list[dict[str, Any]]:
-        if trial_id not in self._rows:
-            self._rows[trial_id] = read_curve_rows(self.store, trial_id)
+        if trial_id not in self._rows:  # once per trial and session: what Ray persisted
+            self._rows[trial_id] = read_curve_rows(self.store, trial_id) or ray_rows(
+                self.store, trial_id)
         return self._rows[trial_id]
 
+    def _settings_of(self, trial: Any) -> dict[str, Any]:
+        if trial.trial_id not in self._settings:
+            self._settings[trial.trial_id] = self.study.trial_settings(trial.config)
+        return self._settings[trial.trial_id]
+
     def _label(self, trial: Any, trials: list[Any]) -> str:
-        number = next((index for index, other in enumerate(trials, start=1)
-                       if other.trial_id == trial.trial_id), "?")
+        if trial.trial_id not in self._numbers:
+            # Tune appends trials in the order it makes them: number the new ones only.
+            for number, other in enumerate(trials[len(self._numbers):],
+                                           start=len(self._numbers) + 1):
+                self._numbers.setdefault(other.trial_id, number)
+        number = self._numbers.get(trial.trial_id)
+        if number is None:  # not among Tune's trials (an end recorded before Tune starts)
+            journal_trial = self._journal_trial(trial.trial_id)
+            number = journal_trial.number + 1 if journal_trial is not None else "?"
         return f"trial {number}/{self.study.trials} {trial.trial_id}"
 
     # -- Tune's events ------------------------------------------------------------------
@@ -175,20 +213,16 @@ class StudyRecorder(Callback):
             if session.on_started is not None:
                 session.on_started()
 
-    def on_step_begin(self, iteration: int, trials: list[Any], **info: Any) -> None:
-        if not self._reconciled:
-            self._reconciled = True
-            self._reconcile(trials)
-
     def on_trial_start(self, iteration: int, trials: list[Any], trial: Any,
                        **info: Any) -> None:
         from lrwa.provenance import versions
 
         journal_trial = self._journal_trial(trial.trial_id)
         if journal_trial is not None and not journal_trial.state.is_finished():
-            set_attrs(self.optuna_study, journal_trial, {
-                RUN_DIR_ATTR: f"{RAY_DIR}/{trial.trial_id}",
-                VERSIONS_ATTR: {key: versions().get(key) for key in VERSION_KEYS}})
+            if self._versions is None:  # once per session: it asks git and every package
+                self._versions = {key: versions().get(key) for key in VERSION_KEYS}
+            set_attrs(self.index, trial.trial_id, {
+                RUN_DIR_ATTR: f"{RAY_DIR}/{trial.trial_id}", VERSIONS_ATTR: self._versions})
             push_journal(self.store)
 
     def on_trial_result(self, iteration: int, trials: list[Any], trial: Any,
@@ -200,14 +234,15 @@ class StudyRecorder(Callback):
             return  # a replayed report of a trial whose end is already recorded
         row = {"epoch": int(result["epoch"]), **{name: result.get(name)
                                                 for name in EPOCH_METRICS}}
-        rows = replace_from(self._rows_of(trial.trial_id), row)
-        self._rows[trial.trial_id] = rows
-        settings = self.study.trial_settings(trial.config)
-        write_curve(self.store, trial.trial_id, self.study.searched, settings, rows)
-        summary = curve_summary(rows)
+        rows = self._rows_of(trial.trial_id)
+        if rows and int(rows[-1]["epoch"]) >= row["epoch"]:
+            rows[:] = replace_from(rows, row)  # replayed after a restore
+        else:
+            rows.append(row)
         self.out(f"{self._label(trial, trials)}  epoch {row['epoch']}/{self.study.epochs}  "
-                 f"test_acc {_percent(row['test_acc'])}  best {_percent(summary['best_acc'])}"
-                 f"  mean {_percent(summary['mean_acc'])}  {params_text(trial.config)}")
+                 f"test_acc {_percent(row['test_acc'])}  best "
+                 f"{_percent(result.get('best_acc'))}  mean {_percent(result.get('mean_acc'))}"
+                 f"  {params_text(trial.config)}")
 
     def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any,
                           **info: Any) -> None:
@@ -219,15 +254,13 @@ class StudyRecorder(Callback):
 
     def on_experiment_end(self, trials: list[Any], **info: Any) -> None:
         self._fail_lost(trials)
-        self.write_table()
-        push_journal(self.store)
+        self.write_table(force=True)
+        compact_journal(self.store)
 
     # -- a trial's end, once ----------------------------------------------------------
 
-    def _decide(self, trial: Any, failure: str | None) -> tuple[str, str | None]:
+    def _decide(self, trial: Any) -> tuple[str, str | None]:
         result = trial.last_result or {}
-        if failure is not None:
-            return ERRORED, failure
         if result.get(ERROR_KEY):
             return ERRORED, str(result[ERROR_KEY])
         rows = self._rows_of(trial.trial_id)
@@ -238,36 +271,52 @@ class StudyRecorder(Callback):
         journal_trial = self._journal_trial(trial.trial_id)
         if journal_trial is None or journal_trial.state.is_finished():
             return
-        status, error = self._decide(trial, failure)
+        if failure is not None:
+            # Outside the engine (a process, node or disk): not a verdict on the trial's
+            # configuration. It stays unfinished and the next rerun resumes it.
+            set_attrs(self.index, trial.trial_id, {ERROR_ATTR: failure})
+            self.out(f"{self._label(trial, trials)}  failed: {failure} (a rerun resumes it "
+                     "from its last checkpoint)")
+            self._update_row(trial.trial_id)
+            push_journal(self.store)
+            return
+        status, error = self._decide(trial)
         attrs: dict[str, Any] = {}
         if error:
             attrs[ERROR_ATTR] = error
         teacher_acc = (trial.last_result or {}).get("teacher_acc")
         if teacher_acc is not None:
             attrs["teacher_acc"] = float(teacher_acc)
-        status = record_outcome(self.optuna_study, journal_trial, status,
-                                self._rows_of(trial.trial_id), self.study.objectives, attrs)
-        summary = curve_summary(self._rows_of(trial.trial_id))
+        if trial.checkpoint is not None:  # the run folder of its last epoch: student.pt
+            attrs[RUN_DIR_ATTR] = f"{RAY_DIR}/{trial.trial_id}/{Path(trial.checkpoint.path).name}"
+        rows = self._rows_of(trial.trial_id)
+        summary = curve_summary(rows)
+        status = record_outcome(self.index, trial.trial_id, status, summary,
+                                self.study.objectives, attrs)
+        if rows:
+            write_curve(self.store, trial.trial_id, self.study.searched,
+                        self._settings_of(trial), rows)
         numbers = (f": best {_percent(summary['best_acc'])}  mean "
                    f"{_percent(summary['mean_acc'])}" if status != ERRORED else f": {error}")
         self.out(f"{self._label(trial, trials)}  {status}{numbers}")
-        self.write_table()
+        self._update_row(trial.trial_id)
+        self._rows.pop(trial.trial_id, None)
+        self._settings.pop(trial.trial_id, None)
         push_journal(self.store)
 
-    def _reconcile(self, trials: list[Any]) -> None:
-        """At the first step of a session: trials Tune restored as finished whose end the
-        journal lacks (a stale journal copy) are recorded now. Journal trials that Tune
-        never recorded (the driver died in between) are left running: the restored
-        searcher hands them to the trials Ray asks for in their place (`search.py`)."""
-        if self.optuna_study is None:
-            return
-        known = {trial.trial_id: trial for trial in trials}
-        for trial_id, journal_trial in lrwa_trials(self.optuna_study).items():
-            trial = known.get(trial_id)
-            if (trial is not None and not journal_trial.state.is_finished()
-                    and trial.status in ("TERMINATED", "ERROR")):
-                self._record_end(trial, trials, failure=None if trial.status == "TERMINATED"
-                                 else error_of_failed_trial(trial))
+    def record_restored_end(self, trial_id: str, params: dict[str, Any],
+                            last_result: dict[str, Any]) -> None:
+        """Before Tune starts: a trial that Tune's experiment state holds as ended and
+        the journal as running (a journal that lost its last record, or a driver killed
+        between the two) gets its end recorded now, from its curve and last result."""
+        import types
+
+        trial = types.SimpleNamespace(trial_id=trial_id, config=params,
+                                      last_result=last_result, checkpoint=None)
+        persisted = ray_rows(self.store, trial_id)
+        if len(persisted) > len(self._rows_of(trial_id)):
+            self._rows[trial_id] = persisted
+        self._record_end(trial, [], failure=None)
 
     def _fail_lost(self, trials: list[Any]) -> None:
         """Once Ray has ended every trial of the budget, a journal trial it never heard of
@@ -277,73 +326,38 @@ class StudyRecorder(Callback):
             return
         for journal_trial in lost_trials(self.optuna_study,
                                          known={trial.trial_id for trial in trials}):
-            if TRIAL_ID_ATTR in journal_trial.user_attrs:
-                record_outcome(self.optuna_study, journal_trial, ERRORED, [], [],
+            trial_id = journal_trial.user_attrs.get(TRIAL_ID_ATTR)
+            if trial_id is not None:
+                record_outcome(self.index, str(trial_id), ERRORED, {}, [],
                                {ERROR_ATTR: "lost: the driver stopped before Ray Tune "
                                             "recorded this trial"})
+                self._update_row(str(trial_id))
             else:  # asked of Optuna, never given to a trial: nothing to show for it
                 self.optuna_study.tell(journal_trial.number, state=TrialState.FAIL,
                                        skip_if_finished=True)
 
     # -- the trial table ----------------------------------------------------------------
 
-    def write_table(self) -> None:
-        if self.optuna_study is None:
+    def _load_table(self) -> dict[str, dict[str, Any]]:
+        if self._table is None:
+            self._table = read_table_rows(self.store, self.study.searched)
+        return self._table
+
+    def _update_row(self, trial_id: str) -> None:
+        journal_trial = self._journal_trial(trial_id)
+        if journal_trial is None:
             return
-        previous = load_trials_safely(self.store, self.study.searched)
-        records = [self.record(trial_id, journal_trial, previous.get(trial_id))
-                   for trial_id, journal_trial in lrwa_trials(self.optuna_study).items()]
-        write_trials_table(self.store, self.study.searched, records)
+        self._load_table()[trial_id] = trial_record(
+            self.study, self.store, trial_id, journal_trial, self._rows_of(trial_id))
+        self._unwritten += 1
+        self.write_table(force=False)
 
-    def record(self, trial_id: str, journal_trial: Any,
-               previous: dict[str, Any] | None) -> dict[str, Any]:
-        status = status_of(journal_trial)
-        if (trial_id not in self._rows and previous is not None
-                and previous.get("status") == status and status != UNFINISHED):
-            return previous  # a finished trial's row never changes
-        config = self.study.trial_settings(journal_trial.params)
-        summary = curve_summary(self._rows_of(trial_id))
-        attrs = journal_trial.user_attrs
-        teacher_acc = attrs.get("teacher_acc")
-        return {
-            "study": self.store.name, "trial_id": trial_id, "number": journal_trial.number,
-            "status": status, "error": attrs.get(ERROR_ATTR),
-            **{key: config[key] for key in dict.fromkeys(
-                [*self.study.searched, "mode", "replay", "seed"])},
-            **{key: summary[key] for key in ("best_acc", "mean_acc", "final_acc", "var_acc",
-                                             "max_drop", "epochs_run", "wall_s")},
-            "teacher_acc": teacher_acc,
-            "teacher_gap": (teacher_acc - summary["best_acc"]
-                            if teacher_acc is not None else None),
-            "epochs": config["epochs"], "run_dir": attrs.get(RUN_DIR_ATTR), "config": config,
-            **{f"version_{key}": (attrs.get(VERSIONS_ATTR) or {}).get(key)
-               for key in VERSION_KEYS},
-        }
-
-
-def load_trials_safely(store: StudyStore, searched: Sequence[str] | None = None
-                       ) -> dict[str, dict[str, Any]]:
-    """The previous trial table by trial id (empty when missing, unreadable or not of this
-    study's schema: it is a view that is rebuilt)."""
-    import pyarrow as pa
-
-    data = store.read_bytes(TRIALS_FILE)
-    if data is None:
-        return {}
-    try:
-        table = parquet_table(data)
-        rows = table.to_pylist()
-    except (pa.ArrowException, OSError, ValueError):  # damaged bytes fail in many ways
-        return {}
-    if not {"trial_id", "status"} <= set(table.column_names) or (
-            searched is not None and not table.schema.equals(trials_schema(searched))):
-        return {}
-    return {str(row["trial_id"]): row for row in rows}
-
-
-def count_statuses(store: StudyStore) -> dict[str, int]:
-    counts = dict.fromkeys(STATUSES, 0)
-    for row in load_trials_safely(store).values():
-        counts[row["status"]] = counts.get(row["status"], 0) + 1
-    return counts
-
+    def write_table(self, force: bool = True) -> None:
+        """Write trials.parquet from the rows held (at the end, or when enough changed)."""
+        table = self._load_table()
+        if not table or not force and (
+                self._unwritten * TABLE_REWRITE_SHARE < len(table)):
+            return
+        write_trials_table(self.store, self.study.searched,
+                           sorted(table.values(), key=lambda row: row["number"]))
+        self._unwritten = 0

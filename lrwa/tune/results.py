@@ -1,16 +1,16 @@
 """A study's results as Parquet, written and read here: per-trial curves and the trial table.
 
-    curves/<trial_id>.parquet   one row per (trial, epoch): study, trial_id, epoch, the
-                                searched values, mode, replay, seed, every engine metric
+    curves/<trial_id>.parquet   a trial's curve once it has ended: one row per epoch
+                                (study, trial_id, epoch, the searched values, mode, replay,
+                                seed, every engine metric)
     trials.parquet              one row per trial
 
-A curve file is replaced whole each time its trial reports an epoch, from the rows
-the driver holds for that trial; a report for epoch e replaces every row from e on,
-so a report that Ray replays after a restore rewrites the same rows and no (trial,
-epoch) row can exist twice. The trial table is a view: it is rebuilt from the Optuna
-journal (status, error, parameters) and the curves (accuracy statistics), so it can
-never disagree with them for long. Column types are fixed per study, so the files
-always unify; every file carries its own `trial_id` as a string column.
+While a trial runs, its epochs are in Ray's own record of its reports
+(`ray/<trial_id>/result.json`) and in the driver's memory; its curve file is written
+once, when it ends, so an epoch costs the driver an append and no write. Both the curves
+and the trial table are views: `views.py` rebuilds them from the Optuna journal (status,
+error, parameters) and what Ray persisted for each trial. Column types are fixed per
+study, so the files always unify; every file carries its own `trial_id` as a string column.
 
 `load_study(location)` reads both back as pandas frames, from a folder or an object
 store, without copying anything locally.
@@ -26,7 +26,6 @@ from typing import Any
 
 import pandas as pd
 import pyarrow as pa
-import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from lrwa.errors import LrwaError
@@ -94,28 +93,41 @@ def _parquet_bytes(table: pa.Table) -> bytes:
     return sink.getvalue()
 
 
-def write_curve(store: StudyStore, trial_id: str, searched: Sequence[str],
-                settings: Mapping[str, Any], rows: Sequence[Row]) -> None:
-    """Replace the trial's curve file with `rows`, each with the trial's settings."""
+def curve_table(store: StudyStore, trial_id: str, searched: Sequence[str],
+                settings: Mapping[str, Any], rows: Sequence[Row]) -> pa.Table:
     columns: dict[str, list[Any]] = {
         "study": [store.name] * len(rows), "trial_id": [trial_id] * len(rows),
         "epoch": [int(row["epoch"]) for row in rows],
         **{name: [settings[name]] * len(rows) for name in setting_columns(searched)},
         **{name: [_number(row.get(name)) for row in rows] for name in EPOCH_METRICS},
     }
-    table = pa.Table.from_pydict(columns, schema=curve_schema(searched))
+    return pa.Table.from_pydict(columns, schema=curve_schema(searched))
+
+
+def write_curve(store: StudyStore, trial_id: str, searched: Sequence[str],
+                settings: Mapping[str, Any], rows: Sequence[Row]) -> None:
+    """Write the trial's whole curve (once, when it ends, or when a view is rebuilt)."""
+    table = curve_table(store, trial_id, searched, settings, rows)
     store.write_bytes(curve_path(trial_id), _parquet_bytes(table))
 
 
-def read_curve_rows(store: StudyStore, trial_id: str) -> list[dict[str, Any]]:
-    """A trial's stored rows (none when it has no curve yet, or an unreadable one)."""
-    data = store.read_bytes(curve_path(trial_id))
+def delete_curve(store: StudyStore, trial_id: str) -> None:
+    store.delete(curve_path(trial_id))
+
+
+def read_rows_file(store: StudyStore, relative: str) -> list[dict[str, Any]] | None:
+    data = store.read_bytes(relative)
     if data is None:
-        return []
+        return None
     try:
         return parquet_table(data).to_pylist()
     except (pa.ArrowException, OSError, ValueError):
-        return []  # a damaged file is rewritten whole by the trial's next report
+        return None  # damaged: the caller rebuilds or skips it
+
+
+def read_curve_rows(store: StudyStore, trial_id: str) -> list[dict[str, Any]]:
+    """A trial's curve file's rows (none when it has none yet, or an unreadable one)."""
+    return read_rows_file(store, curve_path(trial_id)) or []
 
 
 def replace_from(rows: Sequence[Row], row: Row) -> list[dict[str, Any]]:
@@ -171,17 +183,22 @@ def _unreadable(store: StudyStore, relative: str, error: BaseException) -> LrwaE
 
 
 def load_curves(store: StudyStore) -> pd.DataFrame:
-    """Every trial's curve, one row per (trial, epoch), sorted by trial and epoch."""
-    files = [path for path in store.list_files(CURVES_DIR) if path.endswith(".parquet")
-             and not path.rpartition("/")[2].startswith(".")]
-    if not files:
+    """Every curve file's rows, one row per (trial, epoch), sorted by trial and epoch.
+    Damaged files are left out here; `views.heal_views` rebuilds them."""
+    tables = []
+    for path in store.list_files(CURVES_DIR, recursive=False):
+        if path.endswith(".parquet") and not path.rpartition("/")[2].startswith("."):
+            data = store.read_bytes(path)
+            try:
+                tables.append(parquet_table(data)) if data else None
+            except (pa.ArrowException, OSError, ValueError):
+                continue
+    if not tables:
         return pd.DataFrame()
     try:
-        table = ds.dataset([store.path(path) for path in files], format="parquet",
-                           filesystem=store.filesystem).to_table()
+        curves = pa.concat_tables(tables, promote_options="permissive").to_pandas()
     except (pa.ArrowInvalid, OSError) as error:
         raise _unreadable(store, CURVES_DIR, error) from None
-    curves = table.to_pandas()
     return curves.sort_values(["trial_id", "epoch"], kind="stable").reset_index(drop=True)
 
 
@@ -213,6 +230,11 @@ def open_results(location: str) -> StudyStore:
 
 def load_study(location: str) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(trials, curves) of the study at `location` (its folder, or
-    `s3://bucket/prefix/<study>`) as pandas frames."""
+    `s3://bucket/prefix/<study>`) as pandas frames, after rebuilding any view that is
+    missing or damaged (a notice on stderr names what was rebuilt)."""
+    import sys
+
+    from lrwa.tune.views import read_views
+
     store = open_results(str(location))
-    return load_trials(store), load_curves(store)
+    return read_views(store, lambda line: print(f"lrwa: note: {line}", file=sys.stderr))

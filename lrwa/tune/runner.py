@@ -25,15 +25,28 @@ import yaml
 
 from lrwa.errors import LrwaError
 from lrwa.provenance import versions
+from lrwa.ray_capacity import cluster_capacity
 from lrwa.run import Evaluation, resolve_teacher
-from lrwa.tune.integrity import record_state, verify_state
-from lrwa.tune.journal import journal_storage, lrwa_trials, open_optuna_study, pull_journal
+from lrwa.tune.integrity import record_state, restored_trials, signing_key, verify_state
+from lrwa.tune.internals import ENDED_STATUS, STRICT_METRIC_SWITCH
+from lrwa.tune.journal import (
+    damaged_journal,
+    heal_journal,
+    journal_storage,
+    lrwa_trials,
+    open_optuna_study,
+    pull_journal,
+    status_of,
+)
 from lrwa.tune.layout import (
     CURVES_DIR,
+    DEFAULT_STORAGE,
     ERRORED,
+    JOURNAL_PARTS,
     OPTUNA_FILE,
     RAY_DIR,
     RAY_STATE_FILE,
+    STATUSES,
     STUDY_FORMAT,
     STUDY_JSON,
     STUDY_YAML,
@@ -46,10 +59,9 @@ from lrwa.tune.resources import check_cluster, trial_bundles
 from lrwa.tune.results import read_study_record
 from lrwa.tune.space import build_sampler, optuna_space
 from lrwa.tune.storage import StudyStore, open_store
-from lrwa.tune.study import Study
+from lrwa.tune.study import Study, _raw_of
 from lrwa.tune.trainable import FaultPlan, TrialContext, train_trial
 
-DEFAULT_STORAGE = "tune_results"
 # A trial whose process or node dies is retried from its last checkpoint this often.
 MAX_TRIAL_RESTARTS = 3
 CHECKPOINTS_KEPT = 2
@@ -100,14 +112,16 @@ def prepare_study(study: Study, store: StudyStore, restart: bool, out: Printer) 
         store.write_bytes(STUDY_JSON, json.dumps(
             {"format": STUDY_FORMAT, "hash": fingerprint, "location": store.location(),
              "source": study.source, "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
-             "versions": versions(), "study": study.to_dict()}, indent=2).encode())
+             "versions": versions(), "study": study.to_dict(),
+             # The file's own terms, which `views.py` parses back to rebuild rows.
+             "file": _raw_of(study)}, indent=2).encode())
 
 
 def _set_aside_unrestorable(store: StudyStore, out: Printer) -> None:
     """A driver that died before Ray saved its first experiment state leaves a journal
     (and maybe a partial `ray/`) that nothing can resume; they go to `attempts/<time>/`."""
-    leftovers = [name for name in (OPTUNA_FILE, CURVES_DIR, TRIALS_FILE, RAY_DIR,
-                                   RAY_STATE_FILE) if store.exists(name)]
+    leftovers = [name for name in (OPTUNA_FILE, JOURNAL_PARTS, CURVES_DIR, TRIALS_FILE,
+                                   RAY_DIR, RAY_STATE_FILE) if store.exists(name)]
     if store.remote and store.journal_file().is_file():
         store.journal_file().unlink()
     if not leftovers:
@@ -137,10 +151,13 @@ def ensure_ray(num_cpus: int | None = None) -> bool:
     local cluster if there is one, else a new one with every core."""
     import ray
 
+    from lrwa.ray_connect import connect_ray
+
     if ray.is_initialized():
         return False
-    ray.init(address="local" if num_cpus else None, num_cpus=num_cpus,
-             include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR)
+    # An unreachable RAY_ADDRESS is refused in one line (and SIGTERM acts as Ctrl+C).
+    connect_ray(address="local" if num_cpus else None, num_cpus=num_cpus,
+                include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR)
     return True
 
 
@@ -152,9 +169,14 @@ def quiet_ray() -> Iterator[None]:
     loggers = [logging.getLogger(name) for name in ("ray.tune", "ray.train", "ray.air",
                                                     "ray.util")]
     levels = [logger.level for logger in loggers]
-    previous_output = os.environ.get("RAY_AIR_NEW_OUTPUT")
+    previous = {name: os.environ.get(name) for name in ("RAY_AIR_NEW_OUTPUT",
+                                                         STRICT_METRIC_SWITCH)}
     previous_optuna = optuna.logging.get_verbosity()
     os.environ["RAY_AIR_NEW_OUTPUT"] = "0"  # the legacy reporter honours verbose=0 fully
+    # Tune's check that every result names the searcher's metric would end the whole
+    # study on a trial that returns without an epoch (one restored after its end was
+    # recorded); lrwa's searcher reads no result, and ASHA skips results without one.
+    os.environ[STRICT_METRIC_SWITCH] = "1"
     for logger in loggers:
         logger.setLevel(logging.CRITICAL)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -167,10 +189,11 @@ def quiet_ray() -> Iterator[None]:
         for logger, level in zip(loggers, levels):
             logger.setLevel(level)
         optuna.logging.set_verbosity(previous_optuna)
-        if previous_output is None:
-            os.environ.pop("RAY_AIR_NEW_OUTPUT", None)
-        else:
-            os.environ["RAY_AIR_NEW_OUTPUT"] = previous_output
+        for name, value in previous.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 @contextlib.contextmanager
@@ -244,8 +267,10 @@ def build_tuner(study: Study, store: StudyStore, teacher: Any, concurrency: int,
     experiment = f"{storage_path}/{RAY_DIR}"
     if tune.Tuner.can_restore(experiment, storage_filesystem=filesystem):
         verify_state(store)
+        # Errored trials failed outside the engine (engine errors end a trial normally):
+        # a rerun resumes them from their last checkpoint (`recorder.py`).
         tuner = tune.Tuner.restore(experiment, trainable=trainable, resume_unfinished=True,
-                                   resume_errored=False, storage_filesystem=filesystem)
+                                   resume_errored=True, storage_filesystem=filesystem)
         record_state(store)  # the restored Tuner rewrote tuner.pkl
         return tuner, True
     _set_aside_unrestorable(store, out)
@@ -295,9 +320,37 @@ def _ended(store: StudyStore, study: Study) -> tuple[bool, frozenset[str]]:
 
 
 def _statuses(store: StudyStore) -> dict[str, int]:
-    from lrwa.tune.recorder import count_statuses
+    """How many trials hold each status, from the journal."""
+    counts = dict.fromkeys(STATUSES, 0)
+    optuna_study = open_optuna_study(store)
+    for trial in (lrwa_trials(optuna_study) if optuna_study else {}).values():
+        counts[status_of(trial)] += 1
+    return counts
 
-    return count_statuses(store)
+
+def _check_records(study: Study, store: StudyStore, out: Printer) -> None:
+    """Heal the journal, refuse one that lacks trials Ray ran (cut short, emptied or
+    replaced: nothing can resume from it), and heal the views."""
+    from lrwa.tune.views import heal_views
+
+    heal_journal(store, out)
+    optuna_study = open_optuna_study(store)
+    journal = lrwa_trials(optuna_study) if optuna_study else {}
+    ray_trials = restored_trials(store)
+    missing = sorted(set(ray_trials) - set(journal))
+    if missing:
+        raise damaged_journal(store, f"it lacks {len(missing)} trials that Ray ran: "
+                                     f"{', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''}")
+    unrecorded = [trial_id for trial_id, (status, _) in ray_trials.items()
+                  if status == ENDED_STATUS and not journal[trial_id].state.is_finished()]
+    if unrecorded:
+        recorder = StudyRecorder(study, store)
+        for trial_id in unrecorded:
+            recorder.record_restored_end(trial_id, journal[trial_id].params,
+                                         ray_trials[trial_id][1])
+        journal = lrwa_trials(open_optuna_study(store))
+    if journal:
+        heal_views(store, study, journal, out)
 
 
 def run_study(study: Study, storage: str | os.PathLike[str] = DEFAULT_STORAGE,
@@ -311,20 +364,24 @@ def run_study(study: Study, storage: str | os.PathLike[str] = DEFAULT_STORAGE,
         raise LrwaError(f"teacher file {base.teacher} does not exist (base.teacher of study "
                         f"'{study.name}')")
     _loggers(study)  # a missing MLflow fails now, in one line, before anything is written
+    signing_key(create=True)  # a bad state key fails now, before the study folder exists
     store = open_store(storage, study.name)
     store.check_writable()
     with hold_study(store):
         prepare_study(study, store, restart, out)
         pull_journal(store)
+        _check_records(study, store, out)
         complete, ended = _ended(store, study)
         if complete:
-            StudyRecorder(study, store).write_table()  # heals a table a kill left behind
             return StudyOutcome(store, True, _statuses(store), True, False, ran=False)
         session = Session(out=out, budget_s=study.time_budget_s)
         SESSIONS[store.location()] = session
         started_ray = ensure_ray()
         try:
-            concurrency = check_cluster(study, ray.cluster_resources())
+            capacity = cluster_capacity()  # at the autoscaler's maximum where known
+            if capacity.warning:
+                out(f"warning: {capacity.warning}")
+            concurrency = check_cluster(study, capacity)
             teacher = resolve_teacher(base, progress=True)
             accuracy = teacher.metadata.get("test_acc")
             if accuracy is not None:

@@ -12,7 +12,10 @@ state (Ray saves at most every 10 s) leaves a journal trial that the restored Ra
 heard of: Ray asks for a new trial in its place. The restored searcher hands it the lost
 trial instead of asking Optuna again, so the journal keeps one trial per trial of the
 budget; the lost trial's partial curve goes, since the trial runs again from its
-first epoch under Ray's new id.
+first epoch under Ray's new id. A trial is lost only if the experiment state Tune
+restored does not hold it: the searcher's own saved state can be older (Tune uploads
+the two files one after the other), and judging by it alone handed a trial Tune was
+resuming to a second trial, which then ran the same configuration.
 
 `SignedSearchGenerator` is the search algorithm Tune drives: after Tune saves its
 experiment state to the driver's staging folder, and before that folder is uploaded,
@@ -30,24 +33,39 @@ from ray.tune.search import SearchGenerator
 from ray.tune.search.optuna import OptunaSearch
 
 from lrwa.tune.integrity import record_state
+from lrwa.tune.internals import (
+    adopt_trial,
+    mark_ended,
+    repoint_searcher,
+    searcher_study,
+    searcher_trials,
+)
 from lrwa.tune.journal import journal_storage
 from lrwa.tune.layout import TRIAL_ID_ATTR
-from lrwa.tune.results import curve_path
+from lrwa.tune.results import delete_curve
 from lrwa.tune.storage import StudyStore
 
 
 class StudySearch(OptunaSearch):
-    # Set on a restored searcher only (`SignedSearchGenerator.restore_from_dir`): where the
-    # curves of lost trials are.
+    # Set on a restored searcher only (`SignedSearchGenerator.restore_from_dir`): the
+    # study, and the trials of the experiment state Tune restored.
     _adopting_for: StudyStore | None = None
+    _restored_trials: frozenset[str] = frozenset()
+    _lost: list[FrozenTrial] | None = None
 
     def suggest(self, trial_id: str) -> dict[str, Any] | None:
-        if trial_id not in self._ot_trials and self._adopting_for is not None:
-            lost = lost_trials(self._ot_study, known=set(self._ot_trials))
-            if lost:
-                self._adopt(lost[0], trial_id)
+        trials = searcher_trials(self)
+        if trial_id not in trials and self._adopting_for is not None:
+            if self._lost is None:
+                # Known: what this searcher asked for and every trial Tune restored. Its own
+                # state can be older than Tune's (the two files are uploaded one after the
+                # other), and a trial Tune restored must never be handed on a second time.
+                self._lost = lost_trials(searcher_study(self),
+                                         known=set(trials) | self._restored_trials)
+            if self._lost:
+                self._adopt(self._lost.pop(0), trial_id)
         params = super().suggest(trial_id)
-        journal_trial = self._ot_trials[trial_id]
+        journal_trial = searcher_trials(self)[trial_id]
         if journal_trial.user_attrs.get(TRIAL_ID_ATTR) != trial_id:
             journal_trial.set_user_attr(TRIAL_ID_ATTR, trial_id)
         return params
@@ -55,16 +73,16 @@ class StudySearch(OptunaSearch):
     def _adopt(self, lost: FrozenTrial, trial_id: str) -> None:
         previous = lost.user_attrs.get(TRIAL_ID_ATTR)
         if previous is not None and self._adopting_for is not None:
-            self._adopting_for.delete(curve_path(str(previous)))
-        self._ot_trials[trial_id] = optuna.trial.Trial(self._ot_study, lost._trial_id)
+            delete_curve(self._adopting_for, str(previous))
+        adopt_trial(self, trial_id, lost.number)
 
     def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
-        """The recorder writes the per-epoch objective when the trial ends."""
+        """The recorder tells the journal how the trial ended, from its whole curve."""
 
     def on_trial_complete(self, trial_id: str, result: dict[str, Any] | None = None,
                           error: bool = False) -> None:
         """The recorder tells the journal how the trial ended."""
-        self._completed_trials.add(trial_id)
+        mark_ended(self, trial_id)
 
 
 class SignedSearchGenerator(SearchGenerator):
@@ -81,17 +99,24 @@ class SignedSearchGenerator(SearchGenerator):
     def restore_from_dir(self, dirpath: str) -> None:
         """The restored searcher's journal handle names the file of the machine that saved
         it; point it at this machine's journal (the same study, brought up to date)."""
+        from lrwa.tune.integrity import restored_trials
+
         super().restore_from_dir(dirpath)
         searcher = self.searcher
         while hasattr(searcher, "searcher"):
             searcher = searcher.searcher
-        searcher._storage = journal_storage(self.store)
-        searcher._ot_study = optuna.load_study(study_name=self.store.name,
-                                               storage=searcher._storage,
-                                               sampler=searcher._ot_study.sampler)
-        searcher._ot_trials = {trial_id: optuna.trial.Trial(searcher._ot_study, trial._trial_id)
-                               for trial_id, trial in searcher._ot_trials.items()}
+        storage = journal_storage(self.store)
+        sampler = searcher_study(searcher).sampler
+        # The sampler's random state is as old as the saved searcher; trials asked for
+        # since then drew from it already. Left as it is, the next trial would draw the
+        # same numbers as a trial the kill lost (F1: two trials, one configuration).
+        sampler.reseed_rng()
+        study = optuna.load_study(study_name=self.store.name, storage=storage,
+                                  sampler=sampler)
+        repoint_searcher(searcher, storage, study)
         searcher._adopting_for = self.store
+        searcher._restored_trials = frozenset(restored_trials(self.store))
+        searcher._lost = None
 
 
 def lost_trials(optuna_study: optuna.Study, known: set[str]) -> list[FrozenTrial]:

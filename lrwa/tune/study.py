@@ -300,7 +300,15 @@ class Study:
         """The config a trial runs: base, then its variant's keys, then its other values."""
         values = dict(params)
         bundle = self.variants[values.pop(VARIANT)] if VARIANT in values else {}
-        return from_mapping({**bundle, **values}, base=self.base_config())
+        config = from_mapping({**bundle, **values}, base=self.base_config())
+        if self.workers > 1:
+            return config
+        # A trial runs on its share of the machine: that is part of its numbers, so it is
+        # in its config (and best_config.yaml), and `lrwa distill` reruns it the same way.
+        return config.replace(
+            torch_threads=config.torch_threads or max(1, int(self.cpus)),
+            device=("cuda" if self.gpus > 0 else "cpu") if config.device == "auto"
+            else config.device)
 
     def trial_settings(self, params: Mapping[str, Any]) -> dict[str, Any]:
         """The trial's whole config as a mapping, with its variant's name when it has one."""
@@ -498,7 +506,10 @@ def _resolve_base(raw: dict[str, Any]) -> DistillConfig:
                           if raw.get(key) is not None}}
     except LrwaError as error:
         raise _Problem("base", str(error)) from None
-    return _config("base", {**PRESETS.get(_preset_dataset(base) or "", {}), **base})
+    # As `lrwa distill` layers it: the data set's preset, then the base (and a named
+    # preset in it) above that.
+    return _config("base", base,
+                   base=_config("base", PRESETS.get(_preset_dataset(base) or "", {})))
 
 
 def field_kind(name: str) -> str:

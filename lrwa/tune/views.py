@@ -1,0 +1,253 @@
+"""The study's views, rebuilt from its records: curves/ and trials.parquet.
+
+The Optuna journal holds each trial's state, parameters and objective; Ray persists
+each trial's reports (`ray/<trial_id>/result.json`) and checkpoints (each holds the
+run's metrics.parquet). The curve files and the trial table are derived from these
+(a running trial's curve is read from Ray's record until its curve file is written),
+so a rerun, `lrwa report` and `load_study` all call `heal_views` first: a missing,
+damaged or stale view is rebuilt, with one notice naming what was rebuilt, and a
+trial whose curve cannot be rebuilt (its data is gone too) is named, never counted as
+zero rows in silence.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pyarrow as pa
+
+from lrwa.errors import LrwaError
+from lrwa.sinks import METRICS_FILE
+from lrwa.tune.internals import RESULT_FILE
+from lrwa.tune.layout import (
+    EPOCH_METRICS,
+    ERROR_ATTR,
+    ERROR_KEY,
+    OPTUNA_FILE,
+    RAY_DIR,
+    RUN_DIR_ATTR,
+    TRIALS_FILE,
+    UNFINISHED,
+    VERSION_KEYS,
+    VERSIONS_ATTR,
+)
+from lrwa.tune.results import (
+    curve_path,
+    curve_summary,
+    curve_table,
+    load_curves,
+    load_trials,
+    parquet_table,
+    read_curve_rows,
+    read_rows_file,
+    replace_from,
+    trials_schema,
+    write_curve,
+    write_trials_table,
+)
+from lrwa.tune.storage import StudyStore
+from lrwa.tune.study import Study
+
+Printer = Callable[[str], None]
+
+
+def trial_record(study: Study, store: StudyStore, trial_id: str, journal_trial: Any,
+                 rows: list[Mapping[str, Any]]) -> dict[str, Any]:
+    """A trial's row of trials.parquet, from its journal trial and its curve."""
+    from lrwa.tune.journal import status_of
+
+    config = study.trial_settings(journal_trial.params)
+    summary = curve_summary(rows)
+    attrs = journal_trial.user_attrs
+    teacher_acc = attrs.get("teacher_acc")
+    return {
+        "study": store.name, "trial_id": trial_id, "number": journal_trial.number,
+        "status": status_of(journal_trial), "error": attrs.get(ERROR_ATTR),
+        **{key: config[key] for key in dict.fromkeys([*study.searched, "mode", "replay",
+                                                      "seed"])},
+        **{key: summary[key] for key in ("best_acc", "mean_acc", "final_acc", "var_acc",
+                                         "max_drop", "epochs_run", "wall_s")},
+        "teacher_acc": teacher_acc,
+        "teacher_gap": (teacher_acc - summary["best_acc"] if teacher_acc is not None
+                        else None),
+        "epochs": config["epochs"], "run_dir": attrs.get(RUN_DIR_ATTR), "config": config,
+        **{f"version_{key}": (attrs.get(VERSIONS_ATTR) or {}).get(key)
+           for key in VERSION_KEYS},
+    }
+
+
+def _last_epoch(rows: list[dict[str, Any]]) -> int:
+    return int(rows[-1]["epoch"]) if rows else 0
+
+
+def ray_rows(store: StudyStore, trial_id: str) -> list[dict[str, Any]]:
+    """The epochs Ray persisted for a trial, from whichever reaches furthest: its
+    result.json (every report, replays included, so a later report of epoch e replaces the
+    rows from e on; a killed driver may not have flushed its last lines) or the newest
+    checkpoint's metrics.parquet (every epoch up to that checkpoint). Empty when neither is
+    there."""
+    from_results: list[dict[str, Any]] = []
+    data = store.read_bytes(f"{RAY_DIR}/{trial_id}/{RESULT_FILE}")
+    for line in (data or b"").splitlines():
+        try:
+            result = json.loads(line)
+        except ValueError:
+            continue  # a torn last line of a killed driver
+        if isinstance(result, dict) and "epoch" in result and ERROR_KEY not in result:
+            from_results = replace_from(from_results, {
+                "epoch": int(result["epoch"]),
+                **{name: result.get(name) for name in EPOCH_METRICS}})
+    from_checkpoint: list[dict[str, Any]] = []
+    metrics = [path for path in store.list_files(f"{RAY_DIR}/{trial_id}")
+               if path.endswith(f"/{METRICS_FILE}")]
+    for path in sorted(metrics, reverse=True):  # checkpoint_NNNNNN: the newest first
+        found = store.read_bytes(path)
+        try:
+            table = parquet_table(found) if found else None
+        except (pa.ArrowException, OSError, ValueError):
+            continue
+        if table is not None and table.num_rows:
+            from_checkpoint = [{name: row.get(name) for name in ("epoch", *EPOCH_METRICS)}
+                               for row in table.to_pylist()]
+            break
+    return max(from_results, from_checkpoint, key=_last_epoch)
+
+
+def read_journal_copy(store: StudyStore) -> dict[str, Any]:
+    """The journal's trials by lrwa trial id, read from a private copy (a reader never
+    takes the driver's locks); empty when the study has no journal yet."""
+    import optuna
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    from lrwa.tune.internals import is_journal_record
+    from lrwa.tune.journal import damaged_journal, lrwa_trials, stored_journal
+
+    data = stored_journal(store)
+    if not data:
+        return {}
+    data = data[:data.rfind(b"\n") + 1]  # a torn last record is not yet a record
+    for number, line in enumerate(data.splitlines(), start=1):
+        if not is_journal_record(line):
+            raise damaged_journal(store, f"line {number} is not an Optuna journal record")
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    folder = tempfile.mkdtemp(prefix="lrwa-journal-")
+    try:
+        copy = Path(folder, OPTUNA_FILE)
+        copy.write_bytes(data)
+        storage = JournalStorage(JournalFileBackend(str(copy)))
+        if not any(summary.study_name == store.name
+                   for summary in storage.get_all_studies()):
+            return {}
+        return lrwa_trials(optuna.load_study(study_name=store.name, storage=storage))
+    except (AssertionError, KeyError, ValueError, TypeError) as error:
+        raise damaged_journal(store, f"Optuna cannot replay it: {type(error).__name__}") \
+            from None
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def read_table_rows(store: StudyStore, searched: Sequence[str] | None = None
+                    ) -> dict[str, dict[str, Any]]:
+    """trials.parquet by trial id; empty when it is missing, damaged (its pages carry
+    checksums, so damage fails to read instead of reading as wrong values) or not of this
+    study's schema: it is a view, rebuilt by `heal_views`."""
+    data = store.read_bytes(TRIALS_FILE)
+    if data is None:
+        return {}
+    try:
+        table = parquet_table(data)
+        rows = table.to_pylist()
+    except (pa.ArrowException, OSError, ValueError):  # damaged bytes fail in many ways
+        return {}
+    if not {"trial_id", "status"} <= set(table.column_names) or (
+            searched is not None and not table.schema.equals(trials_schema(searched))):
+        return {}
+    return {str(row["trial_id"]): row for row in rows}
+
+
+def heal_views(store: StudyStore, study: Study, journal: Mapping[str, Any],
+               out: Printer, write: bool = True) -> dict[str, dict[str, Any]]:
+    """Rebuild what is missing, damaged or stale in curves/ and trials.parquet from the
+    journal (`journal`: its trials by lrwa id) and Ray's files; returns the table's rows.
+    One notice names what was rebuilt, one the trials whose curve is gone for good."""
+    from lrwa.tune.journal import status_of
+
+    table = read_table_rows(store, study.searched) or None
+    rebuilt_curves, lost_curves = [], []
+    rows_of: dict[str, list[dict[str, Any]]] = {}
+    for trial_id, journal_trial in journal.items():
+        rows = read_curve_rows(store, trial_id)
+        if status_of(journal_trial) != UNFINISHED and read_rows_file(
+                store, curve_path(trial_id)) is None:
+            # An ended trial's curve file is missing or damaged: Ray's files hold its epochs.
+            rows = max(ray_rows(store, trial_id), rows, key=_last_epoch)
+            if rows:
+                if write:
+                    write_curve(store, trial_id, study.searched,
+                                study.trial_settings(journal_trial.params), rows)
+                rebuilt_curves.append(trial_id)
+            elif journal_trial.user_attrs.get(ERROR_ATTR) is None:
+                lost_curves.append(trial_id)  # an errored trial may have no epoch at all
+        rows_of[trial_id] = rows
+    stale = table is None or set(table) != set(journal) or any(
+        table[trial_id].get("status") != status_of(trial)
+        or trial_id in rebuilt_curves for trial_id, trial in journal.items())
+    records = dict(table or {})
+    if stale:
+        records = {trial_id: trial_record(study, store, trial_id, trial, rows_of[trial_id])
+                   for trial_id, trial in journal.items()}
+        if write:
+            write_trials_table(store, study.searched, list(records.values()))
+    rebuilt = [TRIALS_FILE] if stale and journal else []
+    if rebuilt_curves:
+        shown = ", ".join(rebuilt_curves[:5]) + (" ..." if len(rebuilt_curves) > 5 else "")
+        rebuilt.insert(0, f"the curves of {len(rebuilt_curves)} trials ({shown}) from "
+                          "Ray's results")
+    if rebuilt:
+        out(f"rebuilt {' and '.join(rebuilt)} of {store.location()}")
+    if lost_curves:
+        out(f"no curve for trials {', '.join(lost_curves)}: their curve files and Ray's "
+            "results are gone")
+    return records
+
+
+def study_of_record(record: Mapping[str, Any], store: StudyStore) -> Study:
+    from lrwa.tune.study import parse_study
+
+    raw = record.get("file")
+    if not isinstance(raw, Mapping):
+        raise LrwaError(f"{store.location()} was made by an older lrwa (its study.json lacks "
+                        "the study file); rerun it with `lrwa tune` to rebuild its views")
+    return parse_study(raw, str(record.get("source")))
+
+
+def read_views(store: StudyStore, out: Printer) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(trials, curves) of a study after healing its views (the readers' entry). A trial
+    still running has no curve file yet: its rows come from Ray's record of its reports."""
+    from lrwa.tune.journal import status_of
+    from lrwa.tune.results import read_study_record
+
+    record = read_study_record(store) or {}
+    journal = read_journal_copy(store)
+    if not journal or not isinstance(record.get("file"), Mapping):
+        return load_trials(store), load_curves(store)
+    study = study_of_record(record, store)
+    heal_views(store, study, journal, out)
+    trials, curves = load_trials(store), load_curves(store)
+    running = [curve_table(store, trial_id, study.searched,
+                           study.trial_settings(trial.params), rows)
+               for trial_id, trial in journal.items() if status_of(trial) == UNFINISHED
+               and (rows := ray_rows(store, trial_id))]
+    if running:
+        frames = [frame for frame in (curves, pa.concat_tables(running).to_pandas())
+                  if not frame.empty]
+        curves = pd.concat(frames, ignore_index=True).sort_values(
+            ["trial_id", "epoch"], kind="stable").reset_index(drop=True)
+    return trials, curves
