@@ -13,16 +13,25 @@ from __future__ import annotations
 import argparse
 import math
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
 from lrwa.atomic import out_of_space
 from lrwa.errors import LrwaError
+from lrwa.presets import SYSTEM_PRESETS
+from lrwa.signals import stop_like_ctrl_c
 from lrwa.yaml_files import clipped
 
 EXIT_USER_ERROR = 2
+STARTED = time.perf_counter()  # the command's wall time counts its imports of torch and Ray
 MAX_SEED = 2**32 - 1  # numpy's seed range, as the config's `seed` key
+# The registries' names, spelled out so that `--help` does not import torch; a test keeps
+# them equal to lrwa.data.DATASETS and lrwa.models.MODELS.
+DATASET_NAMES = ("mnist5k", "digits", "cifar10", "cifar100", "svhn")
+MODEL_NAMES = ("lenet5", "lenet5-half", "resnet18", "resnet34", "wrn-16-2", "wrn-40-2")
+PRESET_NAMES = tuple(SYSTEM_PRESETS)  # lrwa.presets imports nothing heavy
 
 
 class _OneLineParser(argparse.ArgumentParser):
@@ -49,15 +58,42 @@ def _number_type(kind: type, low: float, high: float | None = None) -> Any:
     return parse
 
 
+def _config_default(key: str) -> str:
+    """"(default: ...)" for config key `key`: DistillConfig's value, and the small preset's
+    where the offline data sets use another; "" for keys without a plain default."""
+    import dataclasses
+
+    from lrwa.config import SMALL_PRESET, DistillConfig
+
+    fields = {field.name: field for field in dataclasses.fields(DistillConfig)}
+    if key not in fields or fields[key].default is None or isinstance(fields[key].default, bool):
+        return ""
+    default = fields[key].default
+    small = SMALL_PRESET.get(key, default)
+    preset = f"; mnist5k and digits: {small}" if small != default else ""
+    return f"(default: {default}{preset})"
+
+
 def _distill_flags(parser: argparse.ArgumentParser) -> None:
-    """Flags of `lrwa distill`, named as the config keys they override."""
-    add = parser.add_argument
+    """Flags of `lrwa distill`, named as the config keys they override; each help names the
+    config's default (flags default to None, so only what is typed overrides the file)."""
+    def add(*flags: str, help: str | None = None, **options: Any) -> None:
+        key = flags[0].lstrip("-").replace("-", "_")
+        text = " ".join(part for part in (help, _config_default(key)) if part)
+        parser.add_argument(*flags, help=text or None, **options)
+
     add("--teacher", help="teacher checkpoint (default: the embedded mnist5k LeNet-5)")
     add("--teacher-arch", help="architecture of a plain state_dict teacher")
     add("--dataset", help="dataset of a plain state_dict teacher")
     add("--student", help="student architecture, e.g. lenet5-half, resnet18")
-    add("--mode", choices=("acquire", "joint", "meta"))
-    add("--replay", choices=("none", "memory", "generative"))
+    add("--preset", choices=PRESET_NAMES,
+        help="a named system, trained as its authors' code trains it (docs/presets.md); "
+             "on mnist5k and digits its method at lrwa's CPU sizes; other flags override it")
+    add("--mode", choices=("acquire", "joint", "meta"),
+        help="student update: acquire (fresh samples only), joint (the baselines) or meta "
+             "(LRWA)")
+    add("--replay", choices=("none", "memory", "generative"),
+        help="replay of past samples (acquire takes none)")
     add("--alpha", type=float, help="inner step size of the meta update")
     add("--first-order", action="store_true", default=None,
         help="drop the second-order terms of the meta gradient")
@@ -68,21 +104,30 @@ def _distill_flags(parser: argparse.ArgumentParser) -> None:
         help="build theta' from detached weights, as LRA's released code does (meta only)")
     add("--buffer-size", type=int, help="memory bank capacity in samples")
     add("--replay-ratio", type=float, help="replayed batch as a fraction of the fresh batch")
-    add("--generator-loss", help="pre-dfkd or dfad")
+    add("--generator-loss", choices=("pre-dfkd", "dfad", "jsd-nats"),
+        help="the generator's loss: PRE-DFKD's (as LRA computes it), DFAD's, or lrwa's "
+             "earlier jsd-nats")
     add("--epochs", type=int)
-    add("--iters-per-epoch", type=int)
-    add("--batch-size", type=int)
+    add("--iters-per-epoch", type=int, help="generator + student iterations per epoch")
+    add("--batch-size", type=int, help="fresh pseudo samples per step")
     add("--seed", type=int)
-    add("--device", choices=("auto", "cpu", "cuda"))
+    add("--device", choices=("auto", "cpu", "cuda"), help="auto: a GPU when one is visible")
     add("--data-root", help="folder with CIFAR/SVHN files")
     add("--download", action="store_true", default=None, help="download CIFAR/SVHN if missing")
+    add("--torch-threads", type=int,
+        help="torch's CPU threads, part of the run's numbers; 0: torch's default (every "
+             "core); config.yaml records the count used")
+    add("--deterministic", action="store_true", default=None,
+        help="deterministic GPU kernels (torch.use_deterministic_algorithms)")
     add("--bf16", action="store_true", default=None,
         help="bf16 autocast of the student update (CUDA only)")
     add("--channels-last", action="store_true", default=None,
         help="channels_last memory format for the conv nets (a GPU speed option)")
-    add("--config", help="YAML file of config keys")
+    add("--config", help="YAML file of config keys (e.g. a study's best_config.yaml); "
+                         "flags override it")
     add("--out", required=True, help="run folder (refused if it already holds a run)")
-    add("--resume", action="store_true", help="continue the run in --out")
+    add("--resume", action="store_true", help="continue the run in --out (says so and "
+                                               "stops when it has run all its epochs)")
     ray = parser.add_argument_group("data parallel (Ray Train)")
     ray.add_argument("--workers", type=_number_type(int, 1), default=1,
                      help="data-parallel workers; 1 keeps the plain process")
@@ -101,14 +146,22 @@ def build_parser() -> argparse.ArgumentParser:
     teacher_commands = teacher.add_subparsers(dest="teacher_command", required=True,
                                               parser_class=_OneLineParser)
     train = teacher_commands.add_parser("train", help="train a teacher with the dataset's recipe")
-    train.add_argument("--dataset", required=True)
-    train.add_argument("--arch", required=True)
+    train.add_argument("--dataset", required=True, choices=DATASET_NAMES,
+                       help="data set to train on; mnist5k and digits ship with lrwa, the "
+                            "others are read from --data-root")
+    train.add_argument("--arch", required=True, choices=MODEL_NAMES,
+                       help="teacher architecture")
     train.add_argument("--out", required=True, help="checkpoint file to write")
-    train.add_argument("--epochs", type=int)
-    train.add_argument("--seed", type=_number_type(int, 0, MAX_SEED), default=0)
-    train.add_argument("--data-root")
-    train.add_argument("--download", action="store_true")
-    train.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    train.add_argument("--epochs", type=int,
+                       help="training epochs (default: the data set's recipe: mnist5k 12, "
+                            "digits 40, svhn 40, cifar10 and cifar100 200)")
+    train.add_argument("--seed", type=_number_type(int, 0, MAX_SEED), default=0,
+                       help="random seed (default: %(default)s)")
+    train.add_argument("--data-root", help="folder holding CIFAR/SVHN files")
+    train.add_argument("--download", action="store_true",
+                       help="download CIFAR/SVHN into --data-root if missing")
+    train.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                       help="default: %(default)s (a GPU when one is visible)")
     train.add_argument("--force", action="store_true", help="replace an existing --out file")
     evaluate = teacher_commands.add_parser("eval", help="print a checkpoint's test accuracy")
     evaluate.add_argument("file")
@@ -116,10 +169,19 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--dataset", help="dataset of a plain state_dict")
     evaluate.add_argument("--data-root")
 
-    _distill_flags(commands.add_parser("distill", help="distil a student from a teacher"))
+    _distill_flags(commands.add_parser(
+        "distill", help="distil a student from a teacher",
+        description="Distil a student from a teacher into a run folder. Each config key is "
+                    "DistillConfig's default (the paper's CIFAR values), then the small preset "
+                    "where the teacher's data set is mnist5k or digits, then --config, then the "
+                    "flags typed. The run's folder records the resolved config.yaml."))
 
-    commands.add_parser("quickstart", help="the quickstart study on the embedded default, "
-                        "end to end (about 3 min on 2 CPU cores, the teacher's training included)")
+    from lrwa.tune.commands import QUICKSTART_MINUTES, add_quickstart_flags
+
+    quickstart = commands.add_parser(
+        "quickstart", help="the quickstart study on the embedded default, end to end (about "
+        f"{QUICKSTART_MINUTES} min on 2 CPU cores, the teacher's training included)")
+    add_quickstart_flags(quickstart)
 
     from lrwa.tune.commands import add_commands
 
@@ -180,6 +242,9 @@ def _distill(args: argparse.Namespace) -> None:
     if args.resume:
         summary = run(None, out_dir, resume=True, overrides={**file_values, **overrides},
                       on_epoch=_print_epoch, **extra)
+        if summary.get("already_complete"):
+            print(f"{out_dir} is already complete: all {summary['epochs_run']} epochs ran; "
+                  "nothing to resume (pass --epochs N to extend it)")
     else:
         # Only to find the teacher: the keys that depend on the data set's preset are
         # neutral here, and the whole config is checked once the data set is known.
@@ -207,10 +272,9 @@ def _distill(args: argparse.Namespace) -> None:
 
 
 def _quickstart(args: argparse.Namespace) -> None:
-    del args
     from lrwa.tune.commands import run_quickstart
 
-    run_quickstart()
+    run_quickstart(args.storage)
 
 
 def _teacher(args: argparse.Namespace) -> None:
@@ -229,8 +293,9 @@ def _teacher(args: argparse.Namespace) -> None:
                                 data_root=args.data_root, download=args.download,
                                 device=str(resolve_device(args.device)))
         save_teacher(teacher, out)
-        print(f"test accuracy {100 * teacher.metadata['test_acc']:.2f}%  "
-              f"({teacher.metadata['train_seconds']:.0f} s)  -> {out}")
+        print(f"test accuracy {100 * teacher.metadata['test_acc']:.2f}%  -> {out}  "
+              f"({time.perf_counter() - STARTED:.0f} s in all, "
+              f"{teacher.metadata['train_seconds']:.0f} s of it training)")
         return
     teacher = load_teacher(args.file, args.arch, args.dataset)
     accuracy = evaluate_on_split(teacher.model, teacher.metadata["dataset"], "test",
@@ -244,6 +309,7 @@ COMMANDS = {"distill": _distill, "quickstart": _quickstart, "teacher": _teacher}
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    stop_like_ctrl_c()  # SIGTERM and SIGHUP (preemption, ray stop, a lost SSH) as Ctrl+C
     try:
         handler = COMMANDS.get(args.command) or args.func
         handler(args)
@@ -253,7 +319,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stderr.write(f"lrwa: error: {error}\n")
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
-        sys.stderr.write("lrwa: interrupted; completed epochs are saved, rerun with --resume\n")
+        again = ("rerun the same command to continue" if args.command in ("tune", "quickstart")
+                 else "rerun with --resume")
+        sys.stderr.write(f"lrwa: interrupted; completed epochs are saved, {again}\n")
         return 130
     except Exception as error:
         # A full disk is the user's to fix wherever the write was; lrwa's own writers say

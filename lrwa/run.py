@@ -23,6 +23,7 @@ format so `lrwa teacher eval` reads it).
 from __future__ import annotations
 
 import dataclasses
+import json
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -37,12 +38,13 @@ from lrwa.config import PATH_KEYS, DistillConfig, absolute_paths, from_mapping, 
 from lrwa.data import DatasetSpec, load_split
 from lrwa.distiller import Distiller, NonFiniteLoss, resolve_device
 from lrwa.errors import LrwaError
+from lrwa.execution import apply_execution, resolved_execution
 from lrwa.folder_lock import LOCK_FILE, hold_folder
 from lrwa.generator import Generator
 from lrwa.models import build_model
 from lrwa.output_paths import check_folder
 from lrwa.provenance import versions
-from lrwa.sinks import plot_learning_curve, write_metrics, write_summary
+from lrwa.sinks import SUMMARY_FILE, plot_learning_curve, write_metrics, write_summary
 from lrwa.summary import curve_statistics
 from lrwa.teacher import Teacher, default_teacher, load_teacher, save_teacher
 from lrwa.yaml_files import clipped, load_yaml_mapping, shown
@@ -169,7 +171,7 @@ def build_summary(history: Sequence[Mapping[str, Any]], teacher_acc: float,
                   config: DistillConfig, teacher: Teacher, wall_seconds: float,
                   complete: bool) -> dict[str, Any]:
     """summary.json of a run whose per-epoch rows are `history` (single process or Ray)."""
-    statistics = curve_statistics([row["test_acc"] for row in history])
+    statistics = curve_statistics([row["test_acc"] for row in history], config.warmup_epochs)
     return {
         **statistics,
         "teacher_acc": teacher_acc,
@@ -232,6 +234,28 @@ def check_batches_fit(config: DistillConfig, spec: DatasetSpec, per_worker: str 
                                 "and cannot normalise; use a larger batch_size") from None
 
 
+def finished_summary(out_dir: Path, epochs: int | None) -> dict[str, Any] | None:
+    """The summary of the run in `out_dir` when it has run all its epochs (`epochs`, when
+    the resume names a length; else the length of its last call), with `already_complete`
+    set; None when there is training left, or a length to refuse, or its files disagree.
+
+    A finished run's last epoch wrote student.pt and a complete summary.json after its
+    checkpoint, so these two say it is done without loading the teacher or the data.
+    """
+    if not (out_dir / STUDENT_FILE).is_file():
+        return None
+    try:
+        summary = json.loads((out_dir / SUMMARY_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(summary, dict) or summary.get("complete") is not True:
+        return None
+    length = epochs if epochs is not None else (summary.get("config") or {}).get("epochs")
+    if summary.get("epochs_run") != length:
+        return None  # more epochs asked for, or fewer (refused on the full path)
+    return {**summary, "already_complete": True}
+
+
 def _out_of_memory(error: BaseException) -> bool:
     if isinstance(error, (MemoryError, torch.OutOfMemoryError)):
         return True
@@ -258,11 +282,19 @@ def run_distillation(config: DistillConfig | None, out_dir: str | Path, resume: 
         has_checkpoint = prepare_out_dir(out_dir, resume)
         if resume:
             config = reconcile_resume(out_dir, overrides or {})
+            asked = (overrides or {}).get("epochs")
+            finished = finished_summary(out_dir, asked) if has_checkpoint else None
+            if finished is not None:
+                return finished
         elif config is None:
             raise ValueError("a new run needs a config")
         else:
-            config = absolute_paths(config)
+            config = resolved_execution(absolute_paths(config))
         teacher = teacher or resolve_teacher(config, progress=progress)
+        if not resume:  # config.yaml names what ran, the embedded teacher's data set too
+            config = config.replace(dataset=teacher.metadata["dataset"],
+                                    teacher_arch=teacher.metadata["arch"])
+        apply_execution(config)
         check_batches_fit(config, teacher.spec)
         run = _Run(config, out_dir, teacher, evaluation)
         try:
@@ -358,7 +390,8 @@ class _Run:
         summary = build_summary(distiller.history, distiller.teacher_acc, config, self.teacher,
                                 wall, complete=True)
         write_summary(self.out_dir, summary)
-        plot_learning_curve(self.out_dir, distiller.history, title, distiller.teacher_acc)
+        plot_learning_curve(self.out_dir, distiller.history, title, distiller.teacher_acc,
+                            spec.num_classes)
         student = build_model(config.student, spec.channels, spec.image_size, spec.num_classes)
         student.load_state_dict(distiller.student.state_dict())  # a CPU copy; training goes on
         save_teacher(Teacher(student, student_metadata(config, spec, summary["final_acc"])),

@@ -17,6 +17,7 @@ from typing import Any
 import pandas as pd
 
 from lrwa.atomic import atomic_path, write_text
+from lrwa.plot_axes import accuracy_axis, chance_percent
 
 METRICS_FILE = "metrics.parquet"
 SUMMARY_FILE = "summary.json"
@@ -47,8 +48,13 @@ def write_summary(out_dir: Path, summary: dict[str, Any]) -> None:
 
 
 def plot_learning_curve(out_dir: Path, rows: Sequence[dict[str, Any]], title: str,
-                        teacher_acc: float | None = None) -> Any:
-    """Write the student's test accuracy per epoch; returns the (closed) matplotlib figure."""
+                        teacher_acc: float | None = None, num_classes: int | None = None
+                        ) -> Any:
+    """Write the student's test accuracy per epoch; returns the (closed) matplotlib figure.
+
+    The accuracy axis starts at chance (1 / `num_classes`, drawn when given) and spans at
+    least `plot_axes.MIN_SPAN` points, so noise does not look like learning.
+    """
     import matplotlib
 
     matplotlib.use("Agg")  # no display on clusters and CI
@@ -66,6 +72,9 @@ def plot_learning_curve(out_dir: Path, rows: Sequence[dict[str, Any]], title: st
     axis.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
     # Plain tick labels: no "1e2" or "+9.8e1" offset when the curve spans a fraction of a point.
     axis.ticklabel_format(style="plain", useOffset=False)
+    shown = [*(100 * frame["test_acc"]), *([100 * teacher_acc] if teacher_acc is not None
+                                          else [])]
+    accuracy_axis(axis, shown, chance_percent(num_classes))
     axis.set_xlabel("epoch")
     axis.set_ylabel("test accuracy (%)")
     axis.set_title(title)

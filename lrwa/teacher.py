@@ -148,7 +148,8 @@ def train_teacher(dataset: str, arch: str, epochs: int | None = None, seed: int 
         model = build_model(arch, spec.channels, spec.image_size, spec.num_classes).to(device)
         loader = DataLoader(train, batch_size=recipe.batch_size, shuffle=True, drop_last=True,
                             generator=torch.Generator().manual_seed(seed))
-        _fit(model, loader, recipe, epochs, device, progress, kd_teacher, kd_temperature)
+        _fit(model, loader, recipe, epochs, device, progress, kd_teacher, kd_temperature,
+             started)
         test_accuracy = evaluate_on_split(model, dataset, "test", data_root)
     metadata = {
         "arch": arch, "dataset": dataset, "num_classes": spec.num_classes,
@@ -163,14 +164,18 @@ def train_teacher(dataset: str, arch: str, epochs: int | None = None, seed: int 
 
 
 def _fit(model: nn.Module, loader: DataLoader, recipe: TeacherRecipe, epochs: int, device: str,
-         progress: bool, kd_teacher: nn.Module | None, kd_temperature: float) -> None:
-    """The recipe's optimisation: SGD with Nesterov momentum under a one-cycle schedule."""
+         progress: bool, kd_teacher: nn.Module | None, kd_temperature: float,
+         started: float) -> None:
+    """The recipe's optimisation: SGD with Nesterov momentum under a one-cycle schedule.
+
+    Progress lines count from `started`, the start of `train_teacher` (data loading
+    included), so the last one agrees with the `train_seconds` the teacher records.
+    """
     optimizer = torch.optim.SGD(model.parameters(), lr=recipe.lr, momentum=recipe.momentum,
                                 weight_decay=recipe.weight_decay, nesterov=True)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=recipe.lr, epochs=epochs,
                                                    steps_per_epoch=len(loader))
     loss_function = nn.CrossEntropyLoss(label_smoothing=0.05)
-    started = time.perf_counter()
     for epoch in range(epochs):
         model.train()
         for images, labels in loader:

@@ -109,8 +109,10 @@ def malicious_file(tmp_path: Path) -> tuple[Path, Path]:
 
 
 @pytest.mark.parametrize(("flags", "phrases"), [
-    (["--dataset", "imagenet", "--arch", "lenet5"], ["unknown dataset 'imagenet'"]),
-    (["--dataset", "digits", "--arch", "lenet7"], ["unknown architecture 'lenet7'"]),
+    (["--dataset", "imagenet", "--arch", "lenet5"],
+     ["argument --dataset: invalid choice: 'imagenet'", "'mnist5k', 'digits'"]),
+    (["--dataset", "digits", "--arch", "lenet7"],
+     ["argument --arch: invalid choice: 'lenet7'", "'lenet5-half'"]),
     (["--dataset", "digits", "--arch", "lenet5", "--epochs", "0"],
      ["--epochs must be at least 1, got 0"]),
     (["--dataset", "digits", "--arch", "lenet5", "--epochs", "-3"],
@@ -337,6 +339,37 @@ def test_distill_refuses_detach_inner_outside_the_meta_step(capsys: pytest.Captu
     assert_user_error(ran, "first_order and detach_inner cannot be combined")
 
 
+def test_distill_refuses_acquire_with_a_replay(capsys: pytest.CaptureFixture[str],
+                                              tmp_path: Path, teacher_file: Path) -> None:
+    # Acquire-only never reads the replay: accepting one would only cost time.
+    for replay in ("memory", "generative"):
+        ran = run_cli(["distill", "--teacher", teacher_file, "--mode", "acquire", "--replay",
+                       replay, "--out", tmp_path / "run"], capsys)
+        assert_user_error(ran, f"mode 'acquire' does not replay: replay '{replay}'",
+                          "--replay none")
+    assert not (tmp_path / "run").exists()
+
+
+def test_help_names_choices_and_defaults(capsys: pytest.CaptureFixture[str]) -> None:
+    from lrwa import cli
+    from lrwa.data import DATASETS
+    from lrwa.models import model_names
+
+    assert list(cli.DATASET_NAMES) == list(DATASETS) and list(cli.MODEL_NAMES) == model_names()
+    ran = run_cli(["teacher", "train", "--help"], capsys)
+    text = " ".join(ran.out.split())
+    assert ran.code == 0
+    assert "{mnist5k,digits,cifar10,cifar100,svhn}" in text and "{lenet5,lenet5-half," in text
+    assert "default: the data set's recipe: mnist5k 12, digits 40" in text
+    ran = run_cli(["distill", "--help"], capsys)
+    text = " ".join(ran.out.split())
+    # The small preset is what mnist5k users get without a flag: the help says it.
+    assert "--epochs EPOCHS (default: 400; mnist5k and digits: 20)" in text
+    assert "(default: 0.9; mnist5k and digits: 0.1)" in text
+    assert "--iters-per-epoch ITERS_PER_EPOCH generator + student iterations per epoch " \
+           "(default: 72; mnist5k and digits: 20)" in text
+
+
 def test_distill_refuses_bad_teacher_files(capsys: pytest.CaptureFixture[str], tmp_path: Path,
                                            malicious_file: tuple[Path, Path]) -> None:
     malicious, marker = malicious_file
@@ -474,6 +507,27 @@ def test_resume_extends_the_run_without_repeating_epochs(tiny_run: Path) -> None
     assert summary["epochs_run"] == 3 and summary["complete"] is True
     assert summary["final_acc"] == pytest.approx(after["test_acc"].iloc[-1])
     assert yaml.safe_load((tiny_run / "run" / "config.yaml").read_text())["epochs"] == 2
+
+
+def test_resume_of_a_finished_run_says_so_without_training(
+        capsys: pytest.CaptureFixture[str], tiny_run: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    out = tiny_run / "run"
+    before = {path.name: path.read_bytes() for path in out.iterdir() if path.is_file()}
+
+    def no_training(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a finished run was set up for training again")
+
+    monkeypatch.setattr(run_module, "Distiller", no_training)
+    ran = run_cli(["distill", "--out", out, "--resume"], capsys)
+    assert ran.code == 0, ran.err
+    summary = json.loads((out / "summary.json").read_text())
+    assert ran.out.startswith(f"{out} is already complete: all 3 epochs ran; nothing to "
+                              "resume (pass --epochs N to extend it)\n")
+    assert f"best {100 * summary['best_acc']:.2f}%" in ran.out
+    after = {path.name: path.read_bytes() for path in out.iterdir() if path.is_file()}
+    assert {name: data for name, data in after.items() if name != ".lrwa.lock"} == {
+        name: data for name, data in before.items() if name != ".lrwa.lock"}
 
 
 def test_resume_with_a_different_setting_is_refused(capsys: pytest.CaptureFixture[str],

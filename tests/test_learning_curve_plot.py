@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from lrwa.plot_axes import MARGIN, MIN_SPAN, accuracy_limits
 from lrwa.sinks import CURVE_FILE, plot_learning_curve
 
 
@@ -71,4 +72,30 @@ def test_a_flat_curve_has_plain_tick_labels_without_an_offset(tmp_path: Path) ->
     assert axis.xaxis.get_offset_text().get_text() == ""
     labels = drawn_ticks(axis, "y")
     assert labels and all("e" not in label.lower() for label in labels), labels
-    assert all(98.0 <= float(label) <= 98.02 for label in labels), labels
+    # Noise of a hundredth of a point is not stretched over the whole plot.
+    low, high = axis.get_ylim()
+    assert high - low >= MIN_SPAN and low <= 98.010 and 98.015 <= high <= 100.0
+
+
+def test_a_curve_at_chance_is_drawn_from_chance_over_a_ten_point_span(tmp_path: Path) -> None:
+    # The smoke study's curve: 9.2% to 9.4% on ten classes is noise at chance, not a rise.
+    figure = plot_learning_curve(tmp_path, curve([0.092, 0.094]), "smoke", num_classes=10)
+    [axis] = figure.axes
+    low, high = axis.get_ylim()
+    assert low <= 9.2 and high >= 9.2 + MIN_SPAN
+    chance = [line for line in axis.get_lines() if line.get_label().startswith("chance")]
+    assert len(chance) == 1 and list(chance[0].get_ydata()) == pytest.approx([10.0, 10.0])
+    assert "chance (10%)" in shown(axis.get_legend().get_texts())
+
+
+@pytest.mark.parametrize(("values", "chance", "expected"), [
+    ([97.0, 99.0], None, (90.0, 100.0)),        # near the top: the span grows downwards
+    ([9.2, 9.4], 10.0, (9.2, 19.2)),            # at chance: ten points from the lowest
+    ([40.0, 80.0], 10.0, (10.0, 80.0)),         # a real rise: chance to the best
+    ([], None, (0.0, 100.0)),
+])
+def test_accuracy_limits(values, chance, expected) -> None:
+    low, high = accuracy_limits(values, chance)
+    margin = MARGIN * (expected[1] - expected[0])
+    assert (low, high) == pytest.approx((max(0.0, expected[0] - margin),
+                                         min(100.0, expected[1] + margin)))

@@ -22,7 +22,9 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 STUDY_FILES = sorted(path.name for path in (ROOT / "tune_studies").glob("*.yaml"))
-SOURCES = ("pyproject.toml", "README.md", "lrwa", "tune_studies")
+SOURCES = ("pyproject.toml", "setup.py", "README.md", "lrwa", "tune_studies")
+GIT = ("git", "-c", "user.name=lrwa-test", "-c", "user.email=test@lrwa.invalid",
+       "-c", "commit.gpgsign=false")
 
 
 def pip(*arguments: str, cwd: Path) -> None:
@@ -35,7 +37,8 @@ def pip(*arguments: str, cwd: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def source(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A copy of the sources as a checkout of one commit of its own, as a clone is."""
     source = tmp_path_factory.mktemp("source")
     for name in SOURCES:
         if (ROOT / name).is_dir():
@@ -43,6 +46,20 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
                             ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
         else:
             shutil.copy2(ROOT / name, source / name)
+    for command in (("init", "-q"), ("add", "-A"), ("commit", "-q", "-m", "source")):
+        subprocess.run([*GIT, *command], cwd=source, check=True, capture_output=True,
+                       timeout=60)
+    return source
+
+
+@pytest.fixture(scope="module")
+def revision(source: Path) -> str:
+    return subprocess.run(["git", "rev-parse", "HEAD"], cwd=source, check=True,
+                          capture_output=True, text=True, timeout=60).stdout.strip()
+
+
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory: pytest.TempPathFactory, source: Path) -> Path:
     out = tmp_path_factory.mktemp("wheel")
     pip("wheel", str(source), "--no-deps", "--no-build-isolation", "--no-index", "-w", str(out),
         cwd=out)
@@ -115,3 +132,36 @@ def test_this_install_finds_the_study_files_through_importlib_resources() -> Non
     files = importlib.resources.files("lrwa.studies")
     assert sorted(path.name for path in files.iterdir() if path.name.endswith(".yaml")) \
         == STUDY_FILES
+
+
+def test_installed_wheel_records_the_git_revision_it_was_built_from(
+        wheel: Path, revision: str, tmp_path: Path) -> None:
+    # `pip install .` builds this wheel; installed, it has no checkout beside it, and the
+    # working directory (here, not a repository at all) is not asked.
+    with zipfile.ZipFile(wheel) as archive:
+        assert archive.read("lrwa/_revision.txt").decode().strip() == revision
+    target = tmp_path / "site"
+    pip("install", "--no-deps", "--no-index", "--target", str(target), str(wheel), cwd=tmp_path)
+    probe = "from lrwa.provenance import versions; print(versions()['git'])"
+    found = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, check=True,
+                           capture_output=True, text=True, timeout=120,
+                           env={**os.environ, "PYTHONPATH": str(target)}).stdout.strip()
+    assert len(revision) == 40 and found == revision
+
+
+def test_a_checkout_is_asked_only_at_its_top(source: Path, revision: str,
+                                             tmp_path: Path) -> None:
+    # lrwa imported in place from the checkout: the checkout answers (an editable install).
+    probe = "from lrwa.provenance import versions; print(versions()['git'])"
+    found = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, check=True,
+                           capture_output=True, text=True, timeout=120,
+                           env={**os.environ, "PYTHONPATH": str(source)}).stdout.strip()
+    assert found == revision
+    # A copy of lrwa inside another repository (site-packages in a clone) is not that
+    # repository's code: no revision rather than a wrong one.
+    nested = source / "vendored"
+    shutil.copytree(source / "lrwa", nested / "lrwa")
+    found = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, check=True,
+                           capture_output=True, text=True, timeout=120,
+                           env={**os.environ, "PYTHONPATH": str(nested)}).stdout.strip()
+    assert found == "None"

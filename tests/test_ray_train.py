@@ -140,11 +140,11 @@ def test_more_than_the_cluster_has_fails_fast(tmp_path, teacher, workers, gpus, 
 
 # -- runs ---------------------------------------------------------------------------------
 
-# Each mode runs once on two workers: acquire here (with per-worker generative replay,
+# Replay-using modes run on two workers: joint here (with per-worker generative replay;
 # probed for grad_cos), meta second and first order in the parity test, joint with a
 # memory bank in the fault test. Every run costs about 12 s of Ray start-up on two cores.
 
-def test_acquire_with_generative_replay_on_two_workers(tmp_path, teacher, monkeypatch):
+def test_joint_with_generative_replay_on_two_workers(tmp_path, teacher, monkeypatch):
     # Credentials in the driver's environment must not travel in a runtime_env, which Ray
     # writes to its logs in clear text: workers get them from the provider's chain.
     canary = "lrwa-canary-secret-4f1c"
@@ -155,7 +155,7 @@ def test_acquire_with_generative_replay_on_two_workers(tmp_path, teacher, monkey
     def on_epoch(row):
         rows.append((row["epoch"], (tmp_path / "student.pt").is_file()))
 
-    summary = _run(_config(mode="acquire", replay="generative", grad_cos_every=1), tmp_path,
+    summary = _run(_config(mode="joint", replay="generative", grad_cos_every=1), tmp_path,
                    teacher, on_epoch=on_epoch)
     metrics = _assert_complete_run(tmp_path, epochs=2)
     # Streamed live to the driver; the last epoch's after the final files are written.

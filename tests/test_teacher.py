@@ -520,3 +520,28 @@ def test_cache_dir_falls_back_to_xdg(monkeypatch: pytest.MonkeyPatch, tmp_path: 
     monkeypatch.delenv("LRWA_CACHE_DIR")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     assert cache_dir() == tmp_path / "xdg" / "lrwa"
+
+
+def test_printed_times_are_the_wall_time_of_the_training(
+        capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+        tmp_path: Path) -> None:
+    # The progress lines count from the start of train_teacher, loading the data included
+    # (here made to take 2 s): the last one is the recorded train_seconds, not 2 s less.
+    real_load = teacher_module.load_split
+    clock = {"now": 0.0}
+
+    def slow_load(*args: object, **kwargs: object):
+        clock["now"] += 2.0
+        return real_load(*args, **kwargs)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(teacher_module, "load_split", slow_load)
+        patch.setattr(teacher_module.time, "perf_counter", lambda: clock["now"])
+        teacher = train_teacher("digits", "lenet5", epochs=1, progress=True)
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert last.startswith("teacher epoch 1/1") and last.endswith("  2s"), last
+    assert teacher.metadata["train_seconds"] == pytest.approx(4.0)  # the test split: 2 s more
+    # `lrwa teacher train` prints the command's whole time beside the training's.
+    assert main(["teacher", "train", "--dataset", "digits", "--arch", "lenet5", "--epochs",
+                 "1", "--device", "cpu", "--out", str(tmp_path / "t.pt")]) == 0
+    assert " s in all, " in capsys.readouterr().out

@@ -10,8 +10,12 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-DEFAULT_STORAGE = "tune_results"
+from lrwa.tune.layout import DEFAULT_STORAGE  # one name for the default, in layout.py
+
 QUICKSTART_STUDY = "quickstart"
+# The cold quickstart's time on 2 idle CPU cores, the teacher's training included, as
+# benchmarks/quickstart_time.py measures it; README, --help and the study file say it too.
+QUICKSTART_MINUTES = 3
 
 
 def add_commands(subparsers: Any) -> None:
@@ -20,9 +24,7 @@ def add_commands(subparsers: Any) -> None:
         description="Run a study file; rerunning the same command continues it.")
     tune.add_argument("study", help="study YAML file, or the name of a shipped study "
                       "(e.g. quickstart)")
-    tune.add_argument("--storage", default=DEFAULT_STORAGE,
-                      help="folder or object store URI (s3://bucket/prefix) that holds the "
-                           f"study's folder (default: ./{DEFAULT_STORAGE})")
+    add_storage_flag(tune)
     tune.add_argument("--smoke", action="store_true",
                       help="two trials of two tiny epochs on one CPU, into <name>-smoke/")
     tune.add_argument("--dry-run", action="store_true",
@@ -40,6 +42,17 @@ def add_commands(subparsers: Any) -> None:
     report.set_defaults(func=report_command)
 
 
+def add_storage_flag(parser: Any) -> None:
+    parser.add_argument("--storage", default=DEFAULT_STORAGE,
+                        help="folder or object store URI (s3://bucket/prefix) that holds the "
+                             f"study's folder (default: ./{DEFAULT_STORAGE})")
+
+
+def add_quickstart_flags(parser: Any) -> None:
+    """`lrwa quickstart`'s flags (the command itself is registered by lrwa.cli)."""
+    add_storage_flag(parser)
+
+
 def _run_and_report(study: Any, storage: str, restart: bool) -> Any:
     from lrwa.tune.layout import COMPLETED, STOPPED_EARLY
     from lrwa.tune.report import write_report
@@ -50,7 +63,7 @@ def _run_and_report(study: Any, storage: str, restart: bool) -> Any:
         print(line, flush=True)
     if outcome.ran and outcome.statuses.get(COMPLETED, 0) + outcome.statuses.get(
             STOPPED_EARLY, 0):
-        write_report(outcome.store.uri())
+        write_report(outcome.store.uri(), tally=False)  # summarise printed the tally
     location = outcome.store.location()
     print(f"Parquet: {location}/curves/ (one file per trial, one row per epoch) and "
           f"{location}/trials.parquet; in Python: lrwa.tune.load_study('{location}')",
@@ -80,8 +93,8 @@ def report_command(args: argparse.Namespace) -> None:
     write_report(args.study_dir, top=args.top, plots=not args.no_plots)
 
 
-def run_quickstart() -> None:
-    """The shipped quickstart study end to end into ./tune_results, then the report."""
+def run_quickstart(storage: str = DEFAULT_STORAGE) -> None:
+    """The shipped quickstart study end to end into `storage`, then the report."""
     import yaml
 
     from lrwa.tune.layout import BEST_CONFIG
@@ -90,7 +103,7 @@ def run_quickstart() -> None:
     study = load_study_file(QUICKSTART_STUDY)
     print(f"quickstart: study '{study.name}', {study.trials} trials; {study.description}",
           flush=True)
-    outcome = _run_and_report(study, DEFAULT_STORAGE, restart=False)
+    outcome = _run_and_report(study, storage, restart=False)
     data = outcome.store.read_bytes(BEST_CONFIG)
     if data is not None:
         config = yaml.safe_load(data)

@@ -17,12 +17,13 @@ from typing import Any
 
 from lrwa.errors import LrwaError
 from lrwa.teacher import load_teacher
-from lrwa.tune.resources import resources_per_trial, trial_bundles
+from lrwa.tune.commands import QUICKSTART_MINUTES, QUICKSTART_STUDY
+from lrwa.tune.layout import DEFAULT_STORAGE  # one name for the default, in layout.py
+from lrwa.tune.resources import capacity_line, resources_per_trial, trial_bundles
 from lrwa.tune.space import describe_space
 from lrwa.tune.storage import open_store
 from lrwa.tune.study import Study
 
-DEFAULT_STORAGE = "tune_results"
 Printer = Callable[[str], None]
 
 
@@ -104,17 +105,25 @@ def measure_epoch_seconds(study: Study) -> tuple[float, str]:
             distiller.replay.add(distiller._fresh_images()[:config.samples_per_insertion])
         generator_s = _timed(distiller.generator_step, 2, cuda)
         student_s = _timed(lambda: distiller.student_step(False), 3, cuda)
+        # Generative replay trains its VAE at the first steps of every iteration.
+        vae_steps = (min(config.vae_steps_per_iteration, config.student_steps)
+                     if config.replay == "generative" else 0)
+        fresh = distiller._fresh_images()
+        vae_s = _timed(lambda: distiller.replay.add(fresh), 2, cuda) if vae_steps else 0.0
         eval_s = _timed(distiller.evaluate, 1, cuda) * EVAL_SIZES.get(dataset, 10000) / 256
     finally:
         torch.set_num_threads(threads)
     scale = base.batch_size / batch
-    iteration_s = scale * (base.generator_steps * generator_s + base.student_steps * student_s)
+    iteration_s = scale * (base.generator_steps * generator_s + base.student_steps * student_s
+                           + vae_steps * vae_s)
     epoch_s = base.iters_per_epoch * iteration_s + eval_s / base.eval_every
     where = (f"measured here on {device.type}"
              + (f" ({torch.cuda.get_device_name()})" if cuda else
                 f" with {max(1, int(study.cpus))} thread(s)")
              + f": generator step {1e3 * generator_s:.1f} ms, student step "
-             f"{1e3 * student_s:.1f} ms at batch {batch}, scaled to batch {base.batch_size}")
+             f"{1e3 * student_s:.1f} ms"
+             + (f", VAE step {1e3 * vae_s:.1f} ms x {vae_steps}" if vae_steps else "")
+             + f" at batch {batch}, scaled to batch {base.batch_size}")
     return epoch_s, where
 
 
@@ -146,6 +155,7 @@ def model_epoch_seconds(study: Study) -> tuple[float, str]:
     from lrwa.data import dataset_spec
     from lrwa.generator import Generator
     from lrwa.models import build_model
+    from lrwa.vae import VAE
 
     teacher, dataset = _measurement_teacher(study)
     spec = dataset_spec(dataset)
@@ -154,6 +164,7 @@ def model_epoch_seconds(study: Study) -> tuple[float, str]:
     student = build_model(base.student, spec.channels, spec.image_size, spec.num_classes)
     generator = Generator(base.latent_dim, spec.channels, spec.image_size,
                           width=base.generator_width)
+    vae = VAE(base.vae_latent_dim, spec.channels, spec.image_size, width=base.generator_width)
     teacher_f = _forward_flops(teacher.model, torch.randn(shape))
     student_f = _forward_flops(student, torch.randn(shape))
     generator_f = _forward_flops(generator, torch.randn(2, base.latent_dim))
@@ -163,6 +174,15 @@ def model_epoch_seconds(study: Study) -> tuple[float, str]:
     student_step = generator_f + (1 + ratio) * teacher_f + factor * 3 * (1 + ratio) * student_f
     iteration = base.batch_size * (base.generator_steps * generator_step
                                    + base.student_steps * student_step)
+    if base.replay == "generative":
+        # Each VAE step trains encoder and decoder on batch/2 + the replayed batch, with the
+        # teacher on input and reconstruction; each replayed batch first tunes its latents.
+        vae_f = (_forward_flops(vae.encoder, torch.randn(shape))
+                 + _forward_flops(vae.decoder, torch.randn(2, base.vae_latent_dim)))
+        shares = base.batch_size // 2 + base.replay_batch_size
+        vae_steps = min(base.vae_steps_per_iteration, base.student_steps)
+        iteration += vae_steps * shares * 3 * (vae_f + 2 * teacher_f)
+        iteration += base.student_steps * base.replay_batch_size * 3 * (vae_f + teacher_f)
     evaluation = EVAL_SIZES.get(dataset, 10000) * student_f / base.eval_every
     epoch_flops = base.iters_per_epoch * iteration + evaluation
     where = (f"cost model, no GPU here: {epoch_flops / 1e15:.2f} PFLOP per epoch counted "
@@ -195,7 +215,15 @@ def dry_run(study: Study, storage: str | os.PathLike[str] = DEFAULT_STORAGE,
     out(f"  resources per trial: {study.workers} worker(s) x {study.cpus:g} CPU, "
         f"{study.gpus:g} GPU; Tune placement group {trial_bundles(study)}; "
         f"{need['CPU']:g} CPU and {need['GPU']:g} GPU in all")
-    estimate: dict[str, Any] = {"trials": study.trials, "resources": need}
+    out(f"  {capacity_line(study)}")
+    if study.name == QUICKSTART_STUDY:
+        out(f"  README's figure: about {QUICKSTART_MINUTES} min on 2 CPU cores, the teacher's "
+            "training included, cold (benchmarks/quickstart_time.py); this machine's estimate "
+            "is below")
+    estimate: dict[str, Any] = {"trials": study.trials, "resources": need,
+                                "missing": missing_inputs(study)}
+    for problem in estimate["missing"]:
+        out(f"  not ready: {problem}")
     if not measure:
         return estimate
     try:
@@ -233,6 +261,33 @@ def dry_run(study: Study, storage: str | os.PathLike[str] = DEFAULT_STORAGE,
         + f"; {estimate['cpu_hours']:.2f} CPU hours, {estimate['gpu_hours']:.2f} GPU hours"
         + (" (ideal data-parallel speed-up)" if study.workers > 1 else ""))
     return estimate
+
+
+def missing_inputs(study: Study) -> list[str]:
+    """What the study's trials would need and cannot find: the teacher file, the data set's
+    files under data_root (read here, as a trial would; the bundled sets always exist)."""
+    from lrwa.config import from_mapping
+    from lrwa.data import dataset_spec, load_split
+    from lrwa.teacher import DEFAULT_TEACHER
+
+    base = from_mapping(study.base)
+    problems, dataset = [], base.dataset
+    if base.teacher is None:
+        dataset = DEFAULT_TEACHER["dataset"]
+    elif not Path(base.teacher).expanduser().is_file():
+        arch = f" --arch {base.teacher_arch}" if base.teacher_arch else ""
+        named = f" --dataset {base.dataset}" if base.dataset else ""
+        problems.append(f"teacher file {base.teacher} does not exist (relative to "
+                        f"{Path.cwd()}); train it first: lrwa teacher train{named}{arch} "
+                        f"--out {base.teacher}")
+    elif dataset is None:
+        dataset = load_teacher(base.teacher).metadata["dataset"]
+    if dataset is not None and dataset_spec(dataset).needs_root and not base.download:
+        try:
+            load_split(dataset, base.eval_split, data_root=base.data_root)
+        except LrwaError as error:
+            problems.append(f"data set {dataset}: {error}")
+    return problems
 
 
 STUDY_START_S = 10.0  # Ray's start, the Tuner and the first worker, measured on 2 cores

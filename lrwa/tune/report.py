@@ -4,9 +4,14 @@ Trials are ranked as the Optuna journal ranks them: completed trials by the firs
 objective (the journal's COMPLETE trials and their values), then trials ASHA stopped
 early (PRUNED in the journal) by the same metric over the epochs they ran. With two
 objectives a `pareto` column marks the front. `best_config.yaml` is a DistillConfig
-mapping that `lrwa distill --config best_config.yaml --out DIR` reruns as is. The
-PNGs under `report/` show accuracy in %, integer epochs, each trial's status and
-searched values, and how many trials each averaged point covers. STUDY is a study
+mapping that `lrwa distill --config best_config.yaml --out DIR` reruns as is, with the
+trial's threads and device. The PNGs under `report/` show accuracy in % on an axis
+from the chance level (dotted) spanning at least ten points, integer epochs, each
+trial's status and searched values. Means are over the completed trials only (a fixed
+set, so the mean's population does not change along the curve), and stopped-early
+trials are marked and kept off the completed trials' colour and y scales. Parameter
+importances are given only over at least `MIN_IMPORTANCE_TRIALS` completed trials in
+which two or more parameters varied, with the count beside them. STUDY is a study
 folder or `s3://bucket/prefix/<study>`; the report's files are written beside the
 study's, in the same storage.
 """
@@ -27,6 +32,7 @@ import pandas as pd
 import yaml
 
 from lrwa.errors import LrwaError
+from lrwa.plot_axes import accuracy_axis, chance_percent
 from lrwa.tune.layout import (
     BEST_CONFIG,
     COMPLETED,
@@ -34,12 +40,17 @@ from lrwa.tune.layout import (
     REPORT_DIR,
     STOPPED_EARLY,
 )
-from lrwa.tune.results import load_curves, load_trials, open_results, read_study_record
+from lrwa.tune.results import open_results, read_study_record
 from lrwa.tune.storage import StudyStore
 from lrwa.tune.study import VARIANT
+from lrwa.tune.views import read_views
 
 RANKED_STATUSES = (COMPLETED, STOPPED_EARLY)
 PERCENT_METRICS = ("best_acc", "mean_acc", "final_acc", "max_drop")
+ACCURACY_METRICS = ("best_acc", "mean_acc", "final_acc")
+# fANOVA fits a forest to (parameters -> objective); with fewer trials its shares follow
+# the sampler's few draws, not the objective (2 trials gave "alpha 0.62" for one alpha).
+MIN_IMPORTANCE_TRIALS = 10
 
 
 # -- ranking ---------------------------------------------------------------------------------
@@ -156,69 +167,125 @@ def trial_label(row: pd.Series, searched: list[str]) -> str:
     return f"{row['trial_id']} ({row['status']}) {settings}"
 
 
+def chance_level(config: dict[str, Any]) -> float | None:
+    """Chance accuracy (%) of the study's data set, from a trial's config; None if unknown.
+
+    The data set is the config's, or the embedded teacher's, or the one the teacher file's
+    metadata names (read without unpickling code, and mapped rather than read whole)."""
+    import torch
+
+    from lrwa.data import dataset_spec
+    from lrwa.teacher import DEFAULT_TEACHER
+
+    dataset = config.get("dataset")
+    if dataset is None and config.get("teacher") is None:
+        dataset = DEFAULT_TEACHER["dataset"]
+    if dataset is None:
+        try:
+            saved = torch.load(config["teacher"], map_location="cpu", weights_only=True,
+                               mmap=True)
+            dataset = saved["metadata"]["dataset"]
+        except Exception:  # noqa: BLE001 - a missing or foreign teacher: no chance line
+            return None
+    try:
+        return chance_percent(dataset_spec(dataset).num_classes)
+    except LrwaError:
+        return None
+
+
 def plot_top_curves(store: StudyStore, curves: pd.DataFrame, ranked: pd.DataFrame,
-                    searched: list[str], top: int) -> str | None:
+                    searched: list[str], top: int, chance: float | None = None) -> str | None:
     if curves.empty or ranked.empty:
         return None
     plt = _pyplot()
     figure, axis = plt.subplots(figsize=(8, 4.5))
+    drawn: list[float] = []
     for _, row in ranked.head(top).iterrows():
         curve = curves[curves["trial_id"] == row["trial_id"]].dropna(subset=["test_acc"])
-        axis.plot(curve["epoch"], 100 * curve["test_acc"], marker="o", markersize=3,
+        stopped = row["status"] != COMPLETED
+        axis.plot(curve["epoch"], 100 * curve["test_acc"], marker="v" if stopped else "o",
+                  markersize=3, linestyle="--" if stopped else "-",
                   label=trial_label(row, searched))
+        drawn.extend(100 * curve["test_acc"])
     _integer_axis(axis.xaxis)
+    accuracy_axis(axis, drawn, chance)
+    shown = ranked.head(top)
+    dashed = " (dashed: stopped early)" if (shown["status"] != COMPLETED).any() else ""
     _finish(axis, "epoch", "test accuracy (%)",
-            f"learning curves of the top {min(top, len(ranked))} trials", 7)
+            f"learning curves of the top {len(shown)} trials{dashed}", 7)
     return _save(store, figure, "top_learning_curves.png")
 
 
-def plot_curves_by_mode(store: StudyStore, curves: pd.DataFrame) -> str | None:
+def plot_curves_by_mode(store: StudyStore, curves: pd.DataFrame, trials: pd.DataFrame,
+                        chance: float | None = None) -> str | None:
+    """Each mode / replay's trials (thin) and the mean of its completed trials (thick).
+
+    The mean covers one fixed set, the trials that ran every epoch, so its population does
+    not shrink along the curve as ASHA stops trials; stopped-early trials are drawn dashed
+    and left out of it."""
     if curves.empty:
         return None
     plt = _pyplot()
+    statuses = dict(zip(trials["trial_id"], trials["status"], strict=True))
     figure, axis = plt.subplots(figsize=(8, 4.5))
-    counts_axis = axis.twinx()
     groups = curves.dropna(subset=["test_acc"]).groupby(["mode", "replay"])
     for index, ((mode, replay), group) in enumerate(groups):
         colour = f"C{index % 10}"
-        for _, curve in group.groupby("trial_id"):
-            axis.plot(curve["epoch"], 100 * curve["test_acc"], color=colour, alpha=0.25)
-        by_epoch = group.groupby("epoch")["test_acc"]
-        mean, count = by_epoch.mean(), by_epoch.count()
-        spread = (f"{count.iloc[0]}" if count.nunique() == 1
-                  else f"{count.max()} to {count.min()}")
-        trials = "trial" if spread == "1" else "trials"
-        axis.plot(mean.index, 100 * mean.to_numpy(), color=colour, linewidth=2.5,
-                  label=f"{mode} / {replay}: mean of {spread} {trials} per epoch")
-        counts_axis.step(count.index, count.to_numpy(), where="mid", color=colour,
-                         linestyle=":", alpha=0.6)
-    counts_axis.set_ylabel("trials averaged (dotted)")
-    counts_axis.set_ylim(bottom=0)
-    _integer_axis(counts_axis.yaxis)
+        completed = [trial for trial in group["trial_id"].unique()
+                     if statuses.get(trial) == COMPLETED]
+        others = group["trial_id"].nunique() - len(completed)
+        for trial_id, curve in group.groupby("trial_id"):
+            done = trial_id in completed
+            axis.plot(curve["epoch"], 100 * curve["test_acc"], color=colour,
+                      alpha=0.3, linestyle="-" if done else "--", linewidth=1)
+        aside = f"; {others} stopped early or unfinished (dashed), not averaged" if others else ""
+        if completed:
+            mean = group[group["trial_id"].isin(completed)].groupby("epoch")["test_acc"].mean()
+            trials_word = "trial" if len(completed) == 1 else "trials"
+            axis.plot(mean.index, 100 * mean.to_numpy(), color=colour, linewidth=2.5,
+                      label=f"{mode} / {replay}: mean of {len(completed)} completed "
+                            f"{trials_word}{aside}")
+        else:
+            axis.plot([], [], color=colour, linestyle="--",
+                      label=f"{mode} / {replay}: no completed trial to average{aside}")
     _integer_axis(axis.xaxis)
-    _finish(axis, "epoch", "test accuracy (%)", "learning curves by mode and replay", None)
-    axis.legend(fontsize=8, loc="best")
+    accuracy_axis(axis, 100 * curves["test_acc"].dropna(), chance)
+    _finish(axis, "epoch", "test accuracy (%)", "learning curves by mode and replay", 8)
     return _save(store, figure, "learning_curves_by_mode.png")
 
 
-STATUS_MARKERS = {COMPLETED: "o", STOPPED_EARLY: "v"}
+def _plain_log_axis(axis: Any, values: Any = None) -> None:
+    """A log axis labelled 0.05, 0.1, 0.2, 512, 1024: plain numbers, never 1e-1. With a
+    few distinct `values` (a small study) the ticks are those values, since 1-2-5 steps
+    may leave a narrow range with one label."""
+    from matplotlib.ticker import (
+        FixedLocator,
+        FuncFormatter,
+        LogLocator,
+        NullFormatter,
+        StrMethodFormatter,
+    )
 
-
-def _plain_log_axis(axis: Any) -> None:
-    """A log axis labelled 0.05, 0.1, 0.2, 512, 1024: plain numbers, never 1e-1."""
-    from matplotlib.ticker import LogLocator, NullFormatter, StrMethodFormatter
-
-    axis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
-    axis.set_major_formatter(StrMethodFormatter("{x:g}"))
+    distinct = sorted(set(values)) if values is not None else []
+    if 2 <= len(distinct) <= 6:
+        axis.set_major_locator(FixedLocator(distinct))
+        axis.set_major_formatter(FuncFormatter(
+            lambda x, _: f"{x:.0f}" if abs(x) >= 100 else f"{x:.3g}"))
+    else:
+        axis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+        axis.set_major_formatter(StrMethodFormatter("{x:g}"))
     axis.set_minor_formatter(NullFormatter())
 
 
-def _by_status(ranked: pd.DataFrame) -> Any:
-    """(status, marker, rows) per status: a stopped trial's numbers cover fewer epochs."""
-    for status, marker in STATUS_MARKERS.items():
-        rows = ranked[ranked["status"] == status]
-        if not rows.empty:
-            yield status, marker, rows
+def _split(ranked: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Completed trials, and the others: a stopped trial's numbers cover fewer epochs, so
+    they are never put on the completed trials' scale."""
+    complete = ranked["status"] == COMPLETED
+    return ranked[complete], ranked[~complete]
+
+
+def _stopped_label(stopped: pd.DataFrame) -> str:
+    return f"stopped early ({len(stopped)}): tried here, no score (fewer epochs)"
 
 
 def plot_alpha_ratio(store: StudyStore, ranked: pd.DataFrame, metric: str) -> str | None:
@@ -227,45 +294,85 @@ def plot_alpha_ratio(store: StudyStore, ranked: pd.DataFrame, metric: str) -> st
         return None
     plt = _pyplot()
     figure, axis = plt.subplots(figsize=(7, 4.5))
-    values = metric_values(metric, ranked[metric])
-    for status, marker, rows in _by_status(ranked):
-        points = axis.scatter(rows["alpha"], rows["replay_ratio"], c=values[rows.index],
-                              vmin=values.min(), vmax=values.max(), s=70, marker=marker,
-                              cmap="viridis", edgecolors="black", label=status)
-    figure.colorbar(points, ax=axis, label=metric_label(metric))
+    completed, stopped = _split(ranked)
+    if not completed.empty:
+        points = axis.scatter(completed["alpha"], completed["replay_ratio"],
+                              c=metric_values(metric, completed[metric]), s=70, marker="o",
+                              cmap="viridis", edgecolors="black",
+                              label=f"completed ({len(completed)})")
+        figure.colorbar(points, ax=axis, label=f"{metric_label(metric)}, completed trials")
+    if not stopped.empty:
+        axis.scatter(stopped["alpha"], stopped["replay_ratio"], s=60, marker="v",
+                     facecolors="none", edgecolors="grey", label=_stopped_label(stopped))
     if (ranked["alpha"] > 0).all() and ranked["alpha"].nunique() > 1:
         axis.set_xscale("log")
-        _plain_log_axis(axis.xaxis)
+        _plain_log_axis(axis.xaxis, ranked["alpha"])
     _finish(axis, "alpha (inner step size)", "replay ratio",
             f"{metric} over alpha x replay ratio", 8)
     return _save(store, figure, "alpha_replay_ratio.png")
 
 
-def plot_buffer_size(store: StudyStore, ranked: pd.DataFrame, metric: str) -> str | None:
+def plot_buffer_size(store: StudyStore, ranked: pd.DataFrame, metric: str,
+                     chance: float | None = None) -> str | None:
     if ranked.empty or "buffer_size" not in ranked or ranked["buffer_size"].nunique() < 2:
         return None
     plt = _pyplot()
     figure, axis = plt.subplots(figsize=(7, 4.5))
-    for index, (mode, group) in enumerate(ranked.groupby("mode")):
-        for status, marker, rows in _by_status(group):
-            axis.scatter(rows["buffer_size"], metric_values(metric, rows[metric]),
-                         label=f"{mode}, {status}", color=f"C{index}", marker=marker, s=60,
-                         edgecolors="black")
+    completed, stopped = _split(ranked)
+    for index, (mode, group) in enumerate(completed.groupby("mode")):
+        axis.scatter(group["buffer_size"], metric_values(metric, group[metric]),
+                     label=f"{mode}, completed ({len(group)})", color=f"C{index}", marker="o",
+                     s=60, edgecolors="black")
+    if not stopped.empty:
+        # Along the bottom edge, off the metric's scale: where the search went, unscored.
+        axis.scatter(stopped["buffer_size"], [0.02] * len(stopped), marker="v", s=50,
+                     facecolors="none", edgecolors="grey", clip_on=False,
+                     transform=axis.get_xaxis_transform(), label=_stopped_label(stopped))
+    if metric in ACCURACY_METRICS:
+        accuracy_axis(axis, metric_values(metric, completed[metric]), chance)
     axis.set_xscale("log")
-    _plain_log_axis(axis.xaxis)
+    _plain_log_axis(axis.xaxis, ranked["buffer_size"])
     _finish(axis, "buffer size (samples)", metric_label(metric),
             f"effect of buffer size on {metric}", 8)
     return _save(store, figure, "buffer_size.png")
 
 
-def parameter_importances(store: StudyStore, name: str,
-                          multi_objective: bool) -> tuple[dict[str, float] | None, str]:
-    """Optuna's importances of the searched keys, or None and the reason."""
+def _varied(trials: list[Any]) -> tuple[list[str], list[str]]:
+    """The searched parameters that take two or more values among `trials`, and the rest."""
+    names = sorted({name for trial in trials for name in trial.params})
+    varied = [name for name in names
+              if len({repr(trial.params.get(name)) for trial in trials}) > 1]
+    return varied, [name for name in names if name not in varied]
+
+
+def importances_refusal(trials: list[Any], objective: Any) -> str:
+    """Why the completed `trials` cannot carry importances ("" when they can)."""
+    if len(trials) < MIN_IMPORTANCE_TRIALS:
+        return (f"no parameter importances: they need at least {MIN_IMPORTANCE_TRIALS} "
+                f"completed trials, the study has {len(trials)}")
+    varied, _ = _varied(trials)
+    if len(varied) < 2:
+        only = f"only {varied[0]} varied" if varied else "no parameter varied"
+        return (f"no parameter importances: {only} among the {len(trials)} completed trials "
+                "(importances are shares of the variance, so one parameter would get 1.00)")
+    if len({objective(trial) for trial in trials}) < 2:
+        return (f"no parameter importances: all {len(trials)} completed trials have the same "
+                "objective")
+    return ""
+
+
+def parameter_importances(store: StudyStore, name: str, multi_objective: bool
+                          ) -> tuple[dict[str, float] | None, str]:
+    """Optuna's importances of the varied searched keys and a line saying over what, or
+    None and the reason: too few completed trials (`MIN_IMPORTANCE_TRIALS`), fewer than
+    two parameters that took two values, or one objective value for all."""
     import optuna
     from optuna.storages import JournalStorage
     from optuna.storages.journal import JournalFileBackend
 
-    data = store.read_bytes(OPTUNA_FILE)
+    from lrwa.tune.journal import stored_journal
+
+    data = stored_journal(store)  # an object store's journal may be in parts
     if data is None:
         return None, "no Optuna journal in the study"
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -276,25 +383,31 @@ def parameter_importances(store: StudyStore, name: str,
                                   storage=JournalStorage(JournalFileBackend(str(copy))))
         completed = study.get_trials(deepcopy=False,
                                      states=(optuna.trial.TrialState.COMPLETE,))
-        if len(completed) < 2:
-            return None, ("parameter importances need 2 completed trials, found "
-                          f"{len(completed)}")
-        target = (lambda trial: trial.values[0]) if multi_objective else None
+        first = (lambda trial: trial.values[0]) if multi_objective else (
+            lambda trial: trial.value)
+        refusal = importances_refusal(completed, first)
+        if refusal:
+            return None, refusal
+        varied, fixed = _varied(completed)
         try:
             with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # e.g. "importances will be equal"
-                return optuna.importance.get_param_importances(study, target=target), ""
+                warnings.simplefilter("ignore")
+                importances = optuna.importance.get_param_importances(
+                    study, params=varied, target=first if multi_objective else None)
         except (RuntimeError, ValueError, ZeroDivisionError) as error:
             return None, f"parameter importances not available ({error})"
+    held = f"; not varied: {', '.join(fixed)}" if fixed else ""
+    return importances, (f"over {len(completed)} completed trials, {len(varied)} varied "
+                         f"parameters{held}")
 
 
-def plot_importances(store: StudyStore, importances: dict[str, float]) -> str:
+def plot_importances(store: StudyStore, importances: dict[str, float], basis: str) -> str:
     plt = _pyplot()
-    figure, axis = plt.subplots(figsize=(6, 0.8 + 0.45 * len(importances)))
+    figure, axis = plt.subplots(figsize=(6, 1.2 + 0.45 * len(importances)))
     names = list(importances)[::-1]
     axis.barh(names, [importances[name] for name in names], color="C0")
-    axis.set_xlabel("importance (Optuna, fANOVA)")
-    axis.set_title("hyperparameter importances")
+    axis.set_xlabel("importance (Optuna, fANOVA; shares sum to 1)")
+    axis.set_title(f"hyperparameter importances\n{basis}", fontsize=9)
     return _save(store, figure, "importances.png")
 
 
@@ -325,23 +438,25 @@ def print_best(ranked: pd.DataFrame, study: dict[str, Any], top: int) -> None:
         cells = {"rank": str(rank), "trial": str(row["trial_id"]),
                  "epochs": f"{row['epochs_run']}/{row['epochs']}",
                  "pareto": "*" if row.get("pareto") else ""}
-        table.add_row(*[cells.get(column) or _cell(row[column], column)
+        table.add_row(*[cells[column] if column in cells else _cell(row[column], column)
                         for column in columns])
     # Off a terminal (a log, a pipe) rich would squeeze the table into 80 columns.
     Console(width=None if sys.stdout.isatty() else 160).print(table)
 
 
 def write_report(location: str | Path, top: int = 5, plots: bool = True,
-                 out: Any = print) -> dict[str, Any]:
-    """`lrwa report STUDY`: the best trials, best_config.yaml and the plots."""
+                 out: Any = print, tally: bool = True) -> dict[str, Any]:
+    """`lrwa report STUDY`: the best trials, best_config.yaml and the plots (`tally`: begin
+    with the trials' count by status; `lrwa tune` has just printed it)."""
     store = open_results(str(location))
     study = (read_study_record(store) or {})["study"]
-    trials, curves = load_trials(store), load_curves(store)
+    trials, curves = read_views(store, out)  # rebuilds a missing or damaged view
     objectives = study["objectives"]
     metric = objectives[0]["metric"]
     counts = trials["status"].value_counts().to_dict() if not trials.empty else {}
-    out(f"study '{study['name']}': {len(trials)} trials ("
-        + ", ".join(f"{count} {status}" for status, count in counts.items()) + ")")
+    if tally:
+        out(f"study '{study['name']}': {len(trials)} trials ("
+            + ", ".join(f"{count} {status}" for status, count in counts.items()) + ")")
     for _, row in (trials[trials["status"] == "errored"] if not trials.empty
                    else trials).iterrows():
         out(f"  errored {row['trial_id']}: {row['error']}")
@@ -362,15 +477,17 @@ def write_report(location: str | Path, top: int = 5, plots: bool = True,
     if not plots:
         return result
     searched = list(study["space"])
-    drawn = [plot_top_curves(store, curves, ranked, searched, top),
-             plot_curves_by_mode(store, curves),
+    chance = chance_level(config)
+    drawn = [plot_top_curves(store, curves, ranked, searched, top, chance),
+             plot_curves_by_mode(store, curves, trials, chance),
              plot_alpha_ratio(store, ranked, metric),
-             plot_buffer_size(store, ranked, metric)]
+             plot_buffer_size(store, ranked, metric, chance)]
     importances, note = parameter_importances(store, study["name"], len(objectives) > 1)
     if importances:
-        drawn.append(plot_importances(store, importances))
-        out("importances: " + ", ".join(f"{name} {value:.2f}"
-                                        for name, value in importances.items()))
+        drawn.append(plot_importances(store, importances, note))
+        result["importances"] = importances
+        out(f"importances ({note}): " + ", ".join(f"{name} {value:.2f}"
+                                                  for name, value in importances.items()))
     else:
         result["notes"].append(note)
         out(f"note: {note}")

@@ -36,7 +36,7 @@ from lrwa.tune.study import Study
 TRAIN_DIR = "train"  # Ray Train's checkpoints of data-parallel trials
 
 
-FAULT_ACTIONS = ("raise", "interrupt", "kill", "kill-trial")
+FAULT_ACTIONS = ("raise", "interrupt", "kill", "kill-trial", "oserror")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,7 +45,8 @@ class FaultPlan:
     the first trial to get there (a marker file remembers), or in every trial when
     `marker` is empty. "raise" fails the engine; "interrupt" sends SIGUSR1 to the driver
     (Tune's Ctrl+C); "kill" SIGKILLs the driver; "kill-trial" SIGKILLs the trial's own
-    process, as the kernel's out-of-memory killer would. The CLI never sets one."""
+    process, as the kernel's out-of-memory killer would; "oserror" raises ENOSPC, as a
+    full disk would. The CLI never sets one."""
 
     epoch: int
     marker: str = ""
@@ -91,6 +92,8 @@ def _inject_fault(plan: FaultPlan | None, epoch: int) -> None:
         raise NonFiniteLoss(f"non-finite loss_acq at epoch {epoch} (injected by a test)")
     if plan.action == "kill-trial":
         os.kill(os.getpid(), signal.SIGKILL)
+    if plan.action == "oserror":  # a full disk: the trial's storage cannot take a write
+        raise OSError(28, "No space left on device (injected by a test)")
     os.kill(plan.driver_pid, signal.SIGUSR1 if plan.action == "interrupt" else signal.SIGKILL)
 
 
@@ -128,6 +131,10 @@ def train_trial(params: dict[str, Any], context: TrialContext, teacher: Teacher,
     try:
         _run(params, context, teacher, evaluation, trial_id, run_dir,
              resume=checkpoint is not None)
+    except OSError:
+        # A full disk, a lost mount: not the configuration's fault. Ray retries the trial
+        # from its last checkpoint, and a rerun resumes it if those retries fail too.
+        raise
     except Exception as error:  # noqa: BLE001 - the engine's errors end the trial, once
         # No epoch, so ASHA ignores this report; the objective keys keep Tune's check of
         # reported metrics content.
@@ -141,7 +148,6 @@ def train_trial(params: dict[str, Any], context: TrialContext, teacher: Teacher,
 def _run(params: dict[str, Any], context: TrialContext, teacher: Teacher,
          evaluation: Evaluation | None, trial_id: str, run_dir: Path, resume: bool) -> None:
     import pyarrow.parquet as pq
-    import torch
 
     study = context.study
     config = study.trial_config(params)
@@ -155,8 +161,7 @@ def _run(params: dict[str, Any], context: TrialContext, teacher: Teacher,
                 or epoch >= config.epochs)
         reported = True
 
-    if study.workers == 1:
-        torch.set_num_threads(max(1, int(study.cpus)))
+    if study.workers == 1:  # the config carries the trial's threads (Study.trial_config)
         run_distillation(None if resume else config, run_dir, resume=resume, teacher=teacher,
                          on_epoch=on_epoch, progress=False, evaluation=evaluation)
     else:
