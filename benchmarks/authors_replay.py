@@ -24,8 +24,10 @@ from pathlib import Path
 
 import pandas as pd
 
+from lrwa.atomic import write_text
 from lrwa.config import build_config
 from lrwa.paired_seeds import compare
+from lrwa.provenance import versions
 from lrwa.run import run_distillation
 from lrwa.sinks import read_metrics
 from lrwa.teacher import default_teacher
@@ -60,19 +62,30 @@ def paired(a: pd.Series, b: pd.Series, names: tuple[str, str]) -> str:
             f"detectable at 80% power: {100 * result.detectable:.1f} pts)  {result.verdict}")
 
 
-def report(curves: pd.DataFrame, warmup: int) -> None:
+def report(curves: pd.DataFrame, warmup: int) -> list[str]:
+    """The tables, as lines of Markdown."""
     late = curves[curves["epoch"] > warmup]
-    print(f"After warm-up (epochs {warmup + 1}-{curves['epoch'].max()}), mean over seeds:")
-    print(f"{'system':10} {'loss_ret':>9} {'grad_cos':>9} {'loss_acq':>9} {'mean acc':>9}")
     per_seed = curves.groupby(["system", "seed"])["test_acc"].mean().unstack(0)
+    lines = [(f"After warm-up (epochs {warmup + 1}-{curves['epoch'].max()}), mean over "
+             f"{per_seed.shape[0]} seeds:"), "",
+             "| system | loss_ret | grad_cos | loss_acq | mean test acc over epochs |",
+             "|---|---|---|---|---|"]
     for system in SYSTEMS:
         rows = late[late["system"] == system]
-        print(f"{system:10} {rows['loss_ret'].mean():9.4f} {rows['grad_cos'].mean():9.3f} "
-              f"{rows['loss_acq'].mean():9.4f} {100 * per_seed[system].mean():8.2f}%")
-    print("\nPaired over seeds, mean test accuracy over all epochs:")
-    for system in ("pre-dfkd", "mb-dfkd"):
-        print(f"  {system} - dfad: "
-              f"{paired(per_seed[system], per_seed['dfad'], (system, 'dfad'))}")
+        lines.append(f"| {system} | {rows['loss_ret'].mean():.4f} | "
+                     f"{rows['grad_cos'].mean():.3f} | {rows['loss_acq'].mean():.4f} | "
+                     f"{100 * per_seed[system].mean():.2f}% |")
+    lines += ["", "cos(grad L_acq, grad L_ret) per epoch, mean over seeds:", "",
+              "| system | " + " | ".join(str(e) for e in sorted(curves["epoch"].unique()))
+              + " |", "|---|" + "---|" * curves["epoch"].nunique()]
+    for system in ("mb-dfkd", "pre-dfkd"):
+        by_epoch = curves[curves["system"] == system].groupby("epoch")["grad_cos"].mean()
+        lines.append(f"| {system} | " + " | ".join(f"{v:.2f}" for v in by_epoch) + " |")
+    lines += ["", "Paired over seeds, mean test accuracy over all epochs:", ""]
+    for first, second in (("pre-dfkd", "dfad"), ("mb-dfkd", "dfad"), ("pre-dfkd", "mb-dfkd")):
+        lines.append(f"- {first} - {second}: "
+                     f"{paired(per_seed[first], per_seed[second], (first, second))}")
+    return lines
 
 
 def main() -> None:
@@ -82,10 +95,18 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=12)
     parser.add_argument("--iters", type=int, default=10, help="iterations per epoch")
     parser.add_argument("--warmup", type=int, default=4)
+    parser.add_argument("--report", type=Path, help="also write the tables to this Markdown file")
     args = parser.parse_args()
     curves = run_all(args.out, args.seeds, args.epochs, args.iters)
     curves.to_csv(args.out / "curves.csv", index=False)
-    report(curves, args.warmup)
+    lines = report(curves, args.warmup)
+    print("\n".join(lines))
+    if args.report:
+        header = [f"# {__doc__.splitlines()[0]}", "", ("Written by `python benchmarks/"
+                  f"authors_replay.py --seeds {args.seeds} --epochs {args.epochs} --iters "
+                  f"{args.iters} --warmup {args.warmup} --report {args.report}` "
+                  f"(lrwa {versions()['lrwa']}, git {versions()['git']})."), ""]
+        write_text(args.report, "\n".join(header + lines) + "\n")
 
 
 if __name__ == "__main__":
