@@ -140,9 +140,9 @@ def from_ray_up_config(config: Mapping[str, Any], head_resources: Mapping[str, f
 
 
 def _published() -> Capacity | None:
-    from ray._private.state import state
+    from lrwa.tune.internals import published_cluster_config
 
-    config = state.get_cluster_config()
+    config = published_cluster_config()
     if config is None or not config.node_group_configs:
         return None
     return from_cluster_config_message(config)
@@ -162,12 +162,9 @@ def from_cluster_config_message(config: Any) -> Capacity:
 
 def _autoscaler_runs() -> bool:
     """Whether the GCS says an autoscaler v2 runs (what `ray up` starts)."""
-    import ray._raylet
-    from ray.experimental.internal_kv import _internal_kv_get
+    from lrwa.tune.internals import autoscaler_v2_enabled
 
-    flag = _internal_kv_get(ray._raylet.GCS_AUTOSCALER_V2_ENABLED_KEY.encode(),
-                            namespace=ray._raylet.GCS_AUTOSCALER_STATE_NAMESPACE.encode())
-    return flag == b"1"
+    return autoscaler_v2_enabled()
 
 
 def cluster_capacity(bootstrap: Path = BOOTSTRAP_CONFIG) -> Capacity:
@@ -223,12 +220,13 @@ def publish(config_file: Path = BOOTSTRAP_CONFIG, address: str = "auto") -> Capa
 
     import ray
 
+    from lrwa.tune.internals import report_cluster_config
+
     ray.init(address=address, log_to_driver=False, logging_level=logging.ERROR)
     try:
         config = yaml.safe_load(config_file.expanduser().read_text())
         capacity = from_ray_up_config(config, _head_resources(_alive_nodes()), PUBLISHED)
-        client = ray._private.worker.global_worker.gcs_client
-        client.report_cluster_config(cluster_config_message(capacity).SerializeToString())
+        report_cluster_config(cluster_config_message(capacity).SerializeToString())
         return capacity
     finally:
         ray.shutdown()

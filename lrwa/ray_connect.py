@@ -96,13 +96,14 @@ def _quiet_stderr() -> Iterator[None]:
 def _check_gcs(address: str, shown: str) -> None:
     """One read from the GCS with this process's authentication, as ray.init would send it."""
     import ray.exceptions
-    from ray._raylet import InnerGcsClient
+
+    from lrwa.tune.internals import standalone_gcs_client
 
     # As ray.init joining an explicit address: token mode only where RAY_AUTH_MODE=token
     # (a token in ~/.ray/auth_token alone is not sent).
     try:
         with _quiet_stderr():
-            client = InnerGcsClient.standalone(address, None, int(1000 * GCS_TIMEOUT_S))
+            client = standalone_gcs_client(address, int(1000 * GCS_TIMEOUT_S))
             client.internal_kv_get(b"probe", b"lrwa", timeout=GCS_TIMEOUT_S)
     except ray.exceptions.AuthenticationError:
         raise LrwaError(f"the Ray cluster at {shown} refused this driver's authentication "
@@ -145,8 +146,9 @@ def connect_ray(address: str | None = None, **init_args: Any) -> None:
 
     # The notice that token authentication is on is printed at every start; it is not a
     # problem to act on.
-    logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(
-        logging.ERROR)
+    from lrwa.tune.internals import AUTH_NOTICE_LOGGER
+
+    logging.getLogger(AUTH_NOTICE_LOGGER).setLevel(logging.ERROR)
     check_reachable(address)
     target = target_address(address)
     try:
@@ -173,19 +175,21 @@ def quiet_node_reports() -> None:
     """Print one line for a lost node instead of the raylet's log tail that Ray's driver
     prints for it (its error listener prints to the console whatever `log_to_driver` says;
     Ray Tune then restarts the node's trials from their checkpoints, which lrwa reports)."""
-    import ray._private.worker as ray_worker
+    from lrwa.tune.internals import wrap_console_printer
 
-    original = ray_worker.print_to_stdstream
-    if getattr(original, "lrwa_quiet", False):
-        return
+    def quieter(original: Any) -> Any:
+        if getattr(original, "lrwa_quiet", False):
+            return original
 
-    def print_to_stdstream(data: dict[str, Any], ignore_prefix: bool) -> None:
-        lines = data.get("lines") or []
-        if data.get("pid") == "raylet" and any(NODE_LOST in str(line) for line in lines):
-            sys.stderr.write("ray: a node was lost (its raylet ended); its trials are "
-                             "restarted from their last checkpoints\n")
-            return
-        original(data, ignore_prefix)
+        def print_to_stdstream(data: dict[str, Any], ignore_prefix: bool) -> None:
+            lines = data.get("lines") or []
+            if data.get("pid") == "raylet" and any(NODE_LOST in str(line) for line in lines):
+                sys.stderr.write("ray: a node was lost (its raylet ended); its trials are "
+                                 "restarted from their last checkpoints\n")
+                return
+            original(data, ignore_prefix)
 
-    print_to_stdstream.lrwa_quiet = True  # type: ignore[attr-defined]
-    ray_worker.print_to_stdstream = print_to_stdstream
+        print_to_stdstream.lrwa_quiet = True  # type: ignore[attr-defined]
+        return print_to_stdstream
+
+    wrap_console_printer(quieter)

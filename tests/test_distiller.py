@@ -71,6 +71,7 @@ def test_first_order_meta_smoke(mnist_teacher, mnist_test_split):
     assert math.isfinite(rows[0]["loss_ret"])
 
 
+@pytest.mark.slow  # a whole run or more
 def test_student_learns_from_the_teacher(mnist_teacher, mnist_test_split):
     """A short run beats chance by a wide margin: the pipeline transfers knowledge."""
     distiller = _distiller(mnist_teacher, mnist_test_split, epochs=3, iters_per_epoch=10,
@@ -112,6 +113,7 @@ def _pair(teacher, split, run, first, second):
             _distiller(teacher, split, **RUNS[run], **second))
 
 
+@pytest.mark.slow  # a whole run or more
 @pytest.mark.parametrize("run", RUNS)
 def test_meta_at_alpha_zero_is_the_joint_run(mnist_teacher, mnist_test_split, run):
     joint, meta = _pair(mnist_teacher, mnist_test_split, run, {"mode": "joint"},
@@ -167,6 +169,7 @@ class _StopAfter:
             raise KeyboardInterrupt
 
 
+@pytest.mark.slow  # a whole run or more
 @pytest.mark.parametrize("replay", ["memory", "generative", "preset:mb-dfkd"])
 def test_kill_and_resume_equals_uninterrupted(mnist_teacher, tmp_path, replay):
     # The generative run restores encoder, memory generator, their Adam and the latent RNG;

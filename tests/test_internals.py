@@ -20,9 +20,8 @@ PRIVATE_ATTRIBUTES = {"_ot_trials", "_ot_study", "_storage", "_completed_trials"
 PRIVATE_STRINGS = ("experiment_state", "tuner.pkl", "result.json", ".validate_storage_marker",
                    "op_code", "TUNE_DISABLE_STRICT_METRIC_CHECKING", "search_gen_state",
                    "searcher-state", "tmp-")
-# The study layer and the Ray Train adapter. (lrwa/ray_capacity.py and ray_connect.py,
-# of the cluster work, reach Ray's own private modules and are not checked here.)
-CHECKED = ("tune", "ray_train")
+# The whole package: the study layer, the Ray Train adapter and the cluster modules.
+CHECKED = ("tune", "ray_train", ".")
 
 
 def test_ray_names_the_experiment_state_and_its_files_as_lrwa_expects():
@@ -118,8 +117,14 @@ def _private_uses(path: Path) -> list[str]:
               and id(node) not in docstrings):
             found += [f"{path.name}:{node.lineno} {name!r}" for name in PRIVATE_STRINGS
                       if name in node.value]
-        elif isinstance(node, (ast.Import, ast.ImportFrom)):
-            module = getattr(node, "module", None) or ""
+        elif isinstance(node, ast.Attribute) and node.attr in ("_private", "_raylet"):
+            found.append(f"{path.name}:{node.lineno} .{node.attr}")
+        elif isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+            if any(name.startswith(("ray", "optuna")) and "._" in name for name in names):
+                found.append(f"{path.name}:{node.lineno} import {names}")
+        elif isinstance(node, ast.ImportFrom):
+            module = node.module or ""
             names = [alias.name for alias in node.names]
             if module.startswith(("ray", "optuna")) and (
                     "._" in module or any(name.startswith("_") for name in names)):
@@ -138,6 +143,26 @@ def test_no_private_name_of_ray_or_optuna_outside_the_adapter(package):
 def test_the_checker_finds_what_it_looks_for(tmp_path):
     sample = tmp_path / "sample.py"
     sample.write_text('"""doc naming tuner.pkl is fine."""\nfrom ray.tune.impl import _x\n'
+                      'import ray._private.worker\n'
                       'def f(s):\n    return s._ot_trials, "result.json"\n')
     assert [use.split(" ", 1)[1] for use in _private_uses(sample)] == [
-        "import ray.tune.impl ['_x']", "._ot_trials", "'result.json'"]
+        "import ray.tune.impl ['_x']", "import ['ray._private.worker']", "._ot_trials",
+        "'result.json'"]
+
+
+def test_rays_cluster_plumbing_is_where_lrwa_reaches_for_it():
+    """Each private name the cluster modules use through the adapter still exists."""
+    import importlib.util
+
+    import ray._private.worker
+    import ray._raylet
+    from ray._private.state import state
+    from ray.experimental import internal_kv
+
+    assert callable(state.get_cluster_config)
+    assert callable(ray._private.worker.print_to_stdstream)
+    assert hasattr(ray._private.worker, "global_worker")
+    assert callable(ray._raylet.InnerGcsClient.standalone)
+    assert ray._raylet.GCS_AUTOSCALER_V2_ENABLED_KEY and ray._raylet.GCS_AUTOSCALER_STATE_NAMESPACE
+    assert callable(internal_kv._internal_kv_get)
+    assert importlib.util.find_spec(internals.AUTH_NOTICE_LOGGER) is not None

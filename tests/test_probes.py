@@ -75,6 +75,7 @@ def test_probes_measure_without_changing_training(teacher, split) -> None:
     assert probed.loc[3, "probe_agree_e1"] == agreement(probed_engine.student, images, labels)
 
 
+@pytest.mark.slow  # a whole run or more
 def test_probed_run_resumes_exactly(teacher, tmp_path) -> None:
     config = build_config("mnist5k", {**TINY, **PROBES})
     run_distillation(config, tmp_path / "whole", teacher=teacher, progress=False)

@@ -144,6 +144,7 @@ STALL_IN_FIRST_CHECKPOINT = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow  # a whole run or more
 def test_a_held_folder_refuses_a_second_run_and_a_killed_holder_leaves_it_startable(
         tmp_path: Path, teacher_file: Path, tiny_config: Path,
         capsys: pytest.CaptureFixture[str]) -> None:
@@ -312,6 +313,7 @@ def test_a_run_config_with_a_repeated_key_is_refused(tmp_path: Path, finished_ru
 # ---------------------------------------------------------------- disk full, umask
 
 
+@pytest.mark.slow  # a whole run or more
 def test_a_full_disk_loses_nothing_and_metrics_never_lead_the_checkpoint(
         tmp_path: Path, finished_run: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "run"
@@ -371,6 +373,7 @@ def test_a_batch_with_one_value_per_batchnorm_channel_is_refused_before_the_run(
     assert code == 0, err  # the folder was left startable
 
 
+@pytest.mark.slow  # a whole run or more
 def test_memory_that_cannot_be_had_is_one_line_and_the_folder_stays_startable(
         tmp_path: Path, teacher_file: Path, tiny_config: Path,
         capsys: pytest.CaptureFixture[str]) -> None:

@@ -205,6 +205,7 @@ def test_threads_are_restored_when_training_fails(monkeypatch: pytest.MonkeyPatc
     assert torch.get_num_threads() == 2
 
 
+@pytest.mark.slow  # a whole run or more
 def test_embedded_recipe_clears_98_percent_on_mnist5k() -> None:
     # About 8 s of one core: the quickstart's teacher, trained exactly as it is trained there.
     # Seed 0 lands at 98.7%; other seeds at 98.1-98.7% (benchmarks/teacher_mnist5k.py).

@@ -14,8 +14,9 @@ from lrwa.tune.layout import DEFAULT_STORAGE  # one name for the default, in lay
 
 QUICKSTART_STUDY = "quickstart"
 # The cold quickstart's time on 2 idle CPU cores, the teacher's training included, as
-# benchmarks/quickstart_time.py measures it; README, --help and the study file say it too.
-QUICKSTART_MINUTES = 3
+# benchmarks/quickstart_time.py measures it (124.6 s cold at load 0.3 when last set); README,
+# --help and the study file say it too.
+QUICKSTART_MINUTES = 2
 
 
 def add_commands(subparsers: Any) -> None:

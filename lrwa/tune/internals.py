@@ -118,3 +118,48 @@ def adopt_trial(searcher: Any, trial_id: str, number: int) -> None:
 
 def mark_ended(searcher: Any, trial_id: str) -> None:
     searcher._completed_trials.add(trial_id)
+
+
+# -- Ray's cluster plumbing (lrwa.ray_capacity, lrwa.ray_connect) ------------------------------
+# The autoscaler's node types as the head publishes them (what Ray Train's own capacity
+# check reads), whether autoscaler v2 runs, a GCS client that needs no ray.init, the
+# logger of Ray's every-start token notice, and the driver's console printer.
+AUTH_NOTICE_LOGGER = "ray._private.authentication.authentication_token_setup"
+
+
+def published_cluster_config() -> Any:
+    """The `ClusterConfig` record the cluster's head published, or None."""
+    from ray._private.state import state
+
+    return state.get_cluster_config()
+
+
+def report_cluster_config(serialized: bytes) -> None:
+    """Publish a serialised `ClusterConfig` through the connected driver's GCS client."""
+    import ray._private.worker
+
+    ray._private.worker.global_worker.gcs_client.report_cluster_config(serialized)
+
+
+def autoscaler_v2_enabled() -> bool:
+    """Whether the GCS says an autoscaler v2 runs (what `ray up` starts)."""
+    import ray._raylet
+    from ray.experimental.internal_kv import _internal_kv_get
+
+    flag = _internal_kv_get(ray._raylet.GCS_AUTOSCALER_V2_ENABLED_KEY.encode(),
+                            namespace=ray._raylet.GCS_AUTOSCALER_STATE_NAMESPACE.encode())
+    return flag == b"1"
+
+
+def standalone_gcs_client(address: str, timeout_ms: int) -> Any:
+    """A GCS client of `address` without ray.init, authenticating as ray.init would."""
+    from ray._raylet import InnerGcsClient
+
+    return InnerGcsClient.standalone(address, None, timeout_ms)
+
+
+def wrap_console_printer(wrap: Any) -> None:
+    """Replace the driver's printer of worker and raylet output with `wrap(original)`."""
+    import ray._private.worker as ray_worker
+
+    ray_worker.print_to_stdstream = wrap(ray_worker.print_to_stdstream)
