@@ -16,6 +16,7 @@ import pandas as pd
 import pytest
 import ray
 import torch
+import yaml
 
 from lrwa.config import build_config
 from lrwa.data import load_split
@@ -160,6 +161,12 @@ def test_joint_with_generative_replay_on_two_workers(tmp_path, teacher, monkeypa
     metrics = _assert_complete_run(tmp_path, epochs=2)
     # Streamed live to the driver; the last epoch's after the final files are written.
     assert rows == [(1, False), (2, True)]
+    # config.yaml names what ran: the teacher's data set and architecture, the threads each
+    # worker used and the device, so the run reruns as it ran.
+    ran = yaml.safe_load((tmp_path / "config.yaml").read_text())
+    assert (ran["dataset"], ran["teacher_arch"]) == (teacher.metadata["dataset"],
+                                                     teacher.metadata["arch"])
+    assert (ran["torch_threads"], ran["device"]) == (max(1, int(CPUS_PER_WORKER)), "cpu")
     logs = Path(ray._private.worker._global_node.get_logs_dir_path())
     leaked = [path.name for path in logs.rglob("*") if path.is_file()
               and canary.encode() in path.read_bytes()]

@@ -295,3 +295,11 @@ def test_bad_study_files_fail_in_one_line_naming_the_key(changes, message):
 def test_hostile_study_files_fail_in_one_short_line(changes, message):
     text = refused(study_data(**changes))
     assert message in text and len(text) < 400
+
+
+def test_a_trial_of_the_embedded_teacher_names_its_data_set_and_architecture():
+    """best_config.yaml is a trial's config: it says what was distilled, as config.yaml does."""
+    trial = load_study_file("quickstart").trial_config({"alpha": 0.5, "buffer_size": 512,
+                                                        "replay_ratio": 0.25})
+    assert (trial.teacher, trial.dataset, trial.teacher_arch) == (None, "mnist5k", "lenet5")
+    assert trial.torch_threads >= 1 and trial.device == "cpu"

@@ -249,6 +249,12 @@ def _run_held(config: DistillConfig | None, out_dir: Path, *, workers: int,
     ensure_ray()
     cpus = plan_cpus(workers, gpus_per_worker, cpus_per_worker)
     teacher = teacher or resolve_teacher(config)
+    if not resume:  # config.yaml names what ran: data set, teacher, threads, device
+        config = config.replace(dataset=teacher.metadata["dataset"],
+                                teacher_arch=teacher.metadata["arch"],
+                                torch_threads=config.torch_threads or max(1, int(cpus)),
+                                device="cuda" if gpus_per_worker else "cpu")
+        local_config = per_worker_config(config, workers)
     check_batches_fit(local_config, teacher.spec, per_worker=f" per worker ({workers} workers)")
     # Loaded here and shipped to rank 0, so only the driver's machine needs the data.
     eval_split = load_split(teacher.spec.name, config.eval_split, data_root=config.data_root,
@@ -263,7 +269,8 @@ def _run_held(config: DistillConfig | None, out_dir: Path, *, workers: int,
                          for row in read_metrics(out_dir).to_dict("records")}
     queue = Queue(actor_options={"num_cpus": 0})  # must not take a CPU from the workers
     plan = WorkerPlan(config=config, local_config=local_config, teacher=teacher,
-                      eval_split=eval_split, threads=max(1, int(cpus)),
+                      eval_split=eval_split,
+                      threads=config.torch_threads or max(1, int(cpus)),
                       sync_batchnorm=sync_batchnorm, checkpoint_every=checkpoint_every,
                       progress=queue, fail_once=_fail_once_hook())
     trainer = _trainer(plan, workers, cpus, gpus_per_worker, record, out_dir, max_failures)

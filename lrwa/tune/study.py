@@ -301,6 +301,13 @@ class Study:
         values = dict(params)
         bundle = self.variants[values.pop(VARIANT)] if VARIANT in values else {}
         config = from_mapping({**bundle, **values}, base=self.base_config())
+        if config.teacher is None:
+            # The embedded teacher, named as a run's config.yaml names it, so best_config.yaml
+            # says what the trial distilled.
+            from lrwa.teacher import DEFAULT_TEACHER
+
+            config = config.replace(dataset=DEFAULT_TEACHER["dataset"],
+                                    teacher_arch=DEFAULT_TEACHER["arch"])
         if self.workers > 1:
             return config
         # A trial runs on its share of the machine: that is part of its numbers, so it is
