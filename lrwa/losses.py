@@ -89,16 +89,24 @@ def negative_entropy(teacher_logits: Tensor, log: Callable[[Tensor], Tensor]) ->
     return (mean_probability * log(mean_probability.clamp_min(1e-30))).sum()
 
 
+def _composite(teacher_logits: Tensor, teacher_features: Tensor, student_logits: Tensor,
+               weights: GeneratorLossWeights, log: Callable[[Tensor], Tensor],
+               disagreement: Callable[[Tensor, Tensor, float], Tensor]) -> Tensor:
+    """oh x one-hot CE + ie x sum p log p + a x (-mean |features|) + (1 - clamp(J, 0, 1))."""
+    activation = -teacher_features.abs().mean()  # strong teacher features, as real data give
+    adversarial = 1.0 - disagreement(student_logits, teacher_logits,
+                                     weights.js_temperature).clamp(0.0, 1.0)
+    return (weights.onehot * onehot_loss(teacher_logits)
+            + weights.entropy * negative_entropy(teacher_logits, log)
+            + weights.activation * activation + weights.adversarial * adversarial)
+
+
 def pre_dfkd_generator_loss(teacher_logits: Tensor, teacher_features: Tensor,
                             student_logits: Tensor, weights: GeneratorLossWeights) -> Tensor:
-    """The generator objective of PRE-DFKD as LRA's code computes it (docs/method.md):
-    oh x one-hot CE + ie x sum p log10 p + a x (-mean |features|) + (1 - clamp(J, 0, 1))."""
-    activation = -teacher_features.abs().mean()  # strong teacher features, as real data give
-    disagreement = clamped_disagreement(student_logits, teacher_logits, weights.js_temperature)
-    adversarial = 1.0 - disagreement.clamp(0.0, 1.0)
-    return (weights.onehot * onehot_loss(teacher_logits)
-            + weights.entropy * negative_entropy(teacher_logits, torch.log10)
-            + weights.activation * activation + weights.adversarial * adversarial)
+    """The generator objective of PRE-DFKD as LRA's code computes it (docs/method.md): log10
+    entropy and the authors' clamped, batch x class averaged disagreement."""
+    return _composite(teacher_logits, teacher_features, student_logits, weights, torch.log10,
+                      clamped_disagreement)
 
 
 def jsd_nats_generator_loss(teacher_logits: Tensor, teacher_features: Tensor,
@@ -106,12 +114,8 @@ def jsd_nats_generator_loss(teacher_logits: Tensor, teacher_features: Tensor,
     """lrwa's objective before it matched the authors': natural-log entropy and the JS
     divergence in nats (batch mean, no clamps), about C times the authors' adversarial pull
     for C classes. Kept by name to reproduce results made with it; no system uses it."""
-    activation = -teacher_features.abs().mean()
-    disagreement = js_divergence(student_logits, teacher_logits, weights.js_temperature)
-    adversarial = 1.0 - disagreement.clamp(0.0, 1.0)
-    return (weights.onehot * onehot_loss(teacher_logits)
-            + weights.entropy * negative_entropy(teacher_logits, torch.log)
-            + weights.activation * activation + weights.adversarial * adversarial)
+    return _composite(teacher_logits, teacher_features, student_logits, weights, torch.log,
+                      js_divergence)
 
 
 def dfad_generator_loss(teacher_logits: Tensor, teacher_features: Tensor,

@@ -1,6 +1,7 @@
 """Test-session settings: no test writes to the user's cache or needs a display, and torch
 uses one thread; `ray_session`, the one Ray session of a test module; `teacher_file`, the
-tiny digits teacher every study test uses (trained once per session). Tests that need Ray
+tiny digits teacher every study test uses, and `mnist_teacher` with `mnist_test_split`, what
+the engine tests distil from (each made once per session). Tests that need Ray
 are marked `slow`; the fast lane is `pytest -m "not slow and not cluster"`."""
 
 from __future__ import annotations
@@ -57,3 +58,18 @@ def pytest_collection_modifyitems(config, items):
         if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())) or (
                 item.path.name in SLOW_MODULES):
             item.add_marker(pytest.mark.slow)
+
+
+@pytest.fixture(scope="session")
+def mnist_teacher():
+    """A LeNet-5 trained one epoch on mnist5k (seconds): the engine tests' teacher."""
+    from lrwa.teacher import train_teacher
+
+    return train_teacher("mnist5k", "lenet5", epochs=1, progress=False)
+
+
+@pytest.fixture(scope="session")
+def mnist_test_split():
+    from lrwa.data import load_split
+
+    return load_split("mnist5k", "test").tensors()

@@ -10,10 +10,8 @@ import pytest
 import torch
 
 from lrwa.config import build_config
-from lrwa.data import load_split
 from lrwa.distiller import Distiller
 from lrwa.presets import SYSTEM_PRESETS
-from lrwa.teacher import train_teacher
 
 # CPU-tiny sizes on top of any system: the method is the preset's, the sizes these.
 TINY = {"epochs": 1, "iters_per_epoch": 3, "student_steps": 5, "batch_size": 32,
@@ -21,23 +19,18 @@ TINY = {"epochs": 1, "iters_per_epoch": 3, "student_steps": 5, "batch_size": 32,
 
 
 @pytest.fixture(scope="module")
-def teacher():
-    return train_teacher("mnist5k", "lenet5", epochs=1, progress=False)
-
-
-@pytest.fixture(scope="module")
-def split():
-    images, labels = load_split("mnist5k", "test").tensors()
+def split(mnist_test_split):
+    images, labels = mnist_test_split
     return images[:200], labels[:200]
 
 
-def distiller(teacher, split, **values) -> Distiller:
+def distiller(mnist_teacher, split, **values) -> Distiller:
     config = build_config("mnist5k", {**TINY, **values})
-    return Distiller(config, teacher.model, teacher.spec, *split, device=torch.device("cpu"))
+    return Distiller(config, mnist_teacher.model, mnist_teacher.spec, *split, device=torch.device("cpu"))
 
 
-def test_the_vae_trains_at_the_first_four_steps_on_half_a_batch_plus_an_eighth(teacher, split):
-    engine = distiller(teacher, split, preset="pre-dfkd")
+def test_the_vae_trains_at_the_first_four_steps_on_half_a_batch_plus_an_eighth(mnist_teacher, split):
+    engine = distiller(mnist_teacher, split, preset="pre-dfkd")
     sizes: list[int] = []
     engine.replay.vae.encoder.register_forward_hook(
         lambda module, inputs, output: sizes.append(len(inputs[0])))
@@ -50,8 +43,8 @@ def test_the_vae_trains_at_the_first_four_steps_on_half_a_batch_plus_an_eighth(t
     assert math.isfinite(row["loss_ret"]) and row["buffer_fill"] == 1.0
 
 
-def test_mb_dfkd_stores_one_slot_every_five_epochs_and_replays_one_slot_whole(teacher, split):
-    engine = distiller(teacher, split, preset="mb-dfkd", iters_per_epoch=1, student_steps=2)
+def test_mb_dfkd_stores_one_slot_every_five_epochs_and_replays_one_slot_whole(mnist_teacher, split):
+    engine = distiller(mnist_teacher, split, preset="mb-dfkd", iters_per_epoch=1, student_steps=2)
     last_fresh: list[torch.Tensor] = []
     original = engine._fresh_images
 
@@ -80,26 +73,26 @@ def test_mb_dfkd_stores_one_slot_every_five_epochs_and_replays_one_slot_whole(te
     assert len(replayed) == 6 * 2  # epochs 2-7, two student steps each
 
 
-def test_dfad_takes_its_student_steps_before_the_generator_step(teacher, split):
+def order_of_steps(engine: Distiller) -> str:
+    """One epoch of `engine`, as the sequence of its generator (G) and student (S) steps."""
     calls: list[str] = []
-    engine = distiller(teacher, split, preset="dfad", iters_per_epoch=2, student_steps=3)
     generator_step, student_step = engine.generator_step, engine.student_step
     engine.generator_step = lambda: calls.append("G") or generator_step()
     engine.student_step = lambda probe: calls.append("S") or student_step(probe)
     engine.train_epoch()
-    assert "".join(calls) == "SSSGSSSG"
-    calls.clear()
-    lrwa = distiller(teacher, split, preset="lrwa-memory", iters_per_epoch=2, student_steps=3)
-    generator_step, student_step = lrwa.generator_step, lrwa.student_step
-    lrwa.generator_step = lambda: calls.append("G") or generator_step()
-    lrwa.student_step = lambda probe: calls.append("S") or student_step(probe)
-    lrwa.train_epoch()
-    assert "".join(calls) == "GSSSGSSS"
+    return "".join(calls)
+
+
+def test_dfad_takes_its_student_steps_before_the_generator_step(mnist_teacher, split):
+    sizes = {"iters_per_epoch": 2, "student_steps": 3}
+    assert order_of_steps(distiller(mnist_teacher, split, preset="dfad", **sizes)) == "SSSGSSSG"
+    assert order_of_steps(distiller(mnist_teacher, split, preset="lrwa-memory",
+                                    **sizes)) == "GSSSGSSS"
 
 
 @pytest.mark.parametrize("name", list(SYSTEM_PRESETS))
-def test_every_preset_runs_an_epoch(teacher, split, name):
-    engine = distiller(teacher, split, preset=name, insert_every_epochs=1)
+def test_every_preset_runs_an_epoch(mnist_teacher, split, name):
+    engine = distiller(mnist_teacher, split, preset=name, insert_every_epochs=1)
     rows = list(engine.epochs())
     assert [row["epoch"] for row in rows] == [1]
     assert math.isfinite(rows[0]["loss_acq"]) and math.isfinite(rows[0]["loss_gen"])

@@ -9,7 +9,6 @@ import pytest
 import torch
 
 from lrwa.config import build_config
-from lrwa.data import load_split
 from lrwa.distiller import Distiller, NonFiniteLoss
 from lrwa.run import CHECKPOINT_FILE, load_checkpoint, run_distillation
 from lrwa.sinks import read_metrics
@@ -19,16 +18,6 @@ TINY = {"epochs": 3, "iters_per_epoch": 3, "student_steps": 2, "batch_size": 64,
         "generator_width": 16, "latent_dim": 32, "buffer_size": 256, "replay_ratio": 0.25,
         "insert_every": 1, "vae_latent_dim": 16, "grad_cos_every": 2}
 TIMING_COLUMNS = ["samples_per_s", "train_s", "wall_s"]
-
-
-@pytest.fixture(scope="module")
-def mnist_teacher():
-    return train_teacher("mnist5k", "lenet5", epochs=1, progress=False)
-
-
-@pytest.fixture(scope="module")
-def mnist_test_split():
-    return load_split("mnist5k", "test").tensors()
 
 
 def _distiller(teacher, split, **overrides) -> Distiller:

@@ -10,14 +10,12 @@ import torch
 from torch import nn
 
 from lrwa.config import build_config
-from lrwa.data import load_split
 from lrwa.distiller import Distiller
 from lrwa.errors import LrwaError
 from lrwa.probes import agreement, parse_probe_epochs
 from lrwa.run import run_distillation
 from lrwa.sinks import read_metrics
 from lrwa.summary import curve_statistics
-from lrwa.teacher import train_teacher
 
 TINY = {"epochs": 4, "iters_per_epoch": 2, "student_steps": 2, "batch_size": 32,
         "generator_width": 8, "latent_dim": 16, "vae_latent_dim": 16, "grad_cos_every": 0,
@@ -27,13 +25,8 @@ TIMING = ["samples_per_s", "train_s", "wall_s"]
 
 
 @pytest.fixture(scope="module")
-def teacher():
-    return train_teacher("mnist5k", "lenet5", epochs=1, progress=False)
-
-
-@pytest.fixture(scope="module")
-def split():
-    images, labels = load_split("mnist5k", "test").tensors()
+def split(mnist_test_split):
+    images, labels = mnist_test_split
     return images[:200], labels[:200]
 
 
@@ -52,10 +45,10 @@ def test_probe_epochs_are_checked_in_one_line() -> None:
             build_config("mnist5k", {"probe_epochs": bad})
 
 
-def test_probes_measure_without_changing_training(teacher, split) -> None:
+def test_probes_measure_without_changing_training(mnist_teacher, split) -> None:
     def run(**values):
         config = build_config("mnist5k", {**TINY, **values})
-        engine = Distiller(config, teacher.model, teacher.spec, *split,
+        engine = Distiller(config, mnist_teacher.model, mnist_teacher.spec, *split,
                            device=torch.device("cpu"))
         return engine, pd.DataFrame(list(engine.epochs())).drop(columns=TIMING)
 
@@ -76,18 +69,18 @@ def test_probes_measure_without_changing_training(teacher, split) -> None:
 
 
 @pytest.mark.slow  # a whole run or more
-def test_probed_run_resumes_exactly(teacher, tmp_path) -> None:
+def test_probed_run_resumes_exactly(mnist_teacher, tmp_path) -> None:
     config = build_config("mnist5k", {**TINY, **PROBES})
-    run_distillation(config, tmp_path / "whole", teacher=teacher, progress=False)
+    run_distillation(config, tmp_path / "whole", teacher=mnist_teacher, progress=False)
 
     def stop_after_two(row: dict) -> None:
         if row["epoch"] == 2:
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        run_distillation(config, tmp_path / "cut", teacher=teacher, progress=False,
+        run_distillation(config, tmp_path / "cut", teacher=mnist_teacher, progress=False,
                          on_epoch=stop_after_two)
-    run_distillation(None, tmp_path / "cut", resume=True, teacher=teacher, progress=False)
+    run_distillation(None, tmp_path / "cut", resume=True, teacher=mnist_teacher, progress=False)
     whole = read_metrics(tmp_path / "whole").drop(columns=TIMING)
     cut = read_metrics(tmp_path / "cut").drop(columns=TIMING)
     pd.testing.assert_frame_equal(whole, cut, check_exact=True)
