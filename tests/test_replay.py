@@ -340,37 +340,33 @@ def _authors_vae_step(vae: VAE, teacher: nn.Module, fresh: torch.Tensor, rng: to
     teacher.zero_grad(set_to_none=True)
 
 
-def test_the_first_vae_step_equals_lras_train_memory_generator_on_fixed_inputs() -> None:
-    """LRA's first iteration reconstructs the fresh half alone: every parameter and buffer
-    after the step equals the from-scratch computation."""
-    replay = make_replay(seed=3)
+def _step_both_ways(seed: int, first: bool) -> GenerativeReplay:
+    """One lrwa VAE step and one of LRA's, from one shared state; equal parameters and
+    BatchNorm buffers afterwards, to float rounding. Returns lrwa's replay."""
+    replay = make_replay(seed=seed, steps_per_iteration=1 if first else 0)
     reference = VAE(8, 1, 8, width=16)
     reference.load_state_dict(replay.vae.state_dict())
-    rng = torch.Generator().manual_seed(3)
+    rng = torch.Generator().manual_seed(seed)
     batch = fixed_batch(32)
     replay.add(batch)
-    _authors_vae_step(reference, replay.teacher, batch[:16], rng, 4, first=True, lr=1e-3,
+    _authors_vae_step(reference, replay.teacher, batch[:16], rng, 4, first=first, lr=1e-3,
                       latent_lr=0.02)
     for (name, got), want in zip(replay.vae.state_dict().items(),
                                  reference.state_dict().values()):
         assert torch.allclose(got, want, atol=1e-6, rtol=1e-5), name
-    assert replay.steps == 1
+    return replay
+
+
+def test_the_first_vae_step_equals_lras_train_memory_generator_on_fixed_inputs() -> None:
+    """LRA's first iteration reconstructs the fresh half alone."""
+    assert _step_both_ways(seed=3, first=True).steps == 1
 
 
 def test_the_second_vae_step_tunes_latents_and_keeps_their_gradient_in_the_decoder() -> None:
-    """From one shared state, lrwa's replayed-batch step against LRA's, fresh Adams on both
-    sides: equal parameters and running statistics to float rounding."""
-    replay = make_replay(seed=4, steps_per_iteration=0)  # past the fresh-only warm-up
-    reference = VAE(8, 1, 8, width=16)
-    reference.load_state_dict(replay.vae.state_dict())
-    rng = torch.Generator().manual_seed(4)
+    """Past the fresh-only warm-up: tuned, decoded memory samples join the fresh half, and
+    the tuning loss's gradient joins the decoder's step, as in LRA's code."""
+    replay = _step_both_ways(seed=4, first=False)
     batch = fixed_batch(32)
-    replay.add(batch)
-    _authors_vae_step(reference, replay.teacher, batch[:16], rng, 4, first=False, lr=1e-3,
-                      latent_lr=0.02)
-    for (name, got), want in zip(replay.vae.state_dict().items(),
-                                 reference.state_dict().values()):
-        assert torch.allclose(got, want, atol=1e-6, rtol=1e-5), name
     # Without the tuning gradient in the decoder's step the decoder would differ: the check
     # above can fail.
     plain = make_replay(seed=4, steps_per_iteration=0)
