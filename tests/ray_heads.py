@@ -74,7 +74,8 @@ def _cmdline(pid: int) -> bytes:
         return b""
 
 
-def _parent(pid: int) -> int:
+def parent_pid(pid: int) -> int:
+    """The parent of `pid`, 0 when it is gone."""
     try:
         return int(Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[1])
     except (OSError, IndexError, ValueError):
@@ -85,7 +86,7 @@ def busy_worker_node(head: Head) -> int | None:
     """The raylet of a worker node (one the autoscaler started, not the head's own) with a
     Ray worker busy on a task or actor, e.g. the node running a trial or a Train worker."""
     for raylet in descendants(head.process.pid):
-        if b"raylet" not in _cmdline(raylet) or _parent(raylet) == head.process.pid:
+        if b"raylet" not in _cmdline(raylet) or parent_pid(raylet) == head.process.pid:
             continue
         for pid in descendants(raylet):
             title = _cmdline(pid)

@@ -16,13 +16,13 @@ import json
 import logging
 import os
 import signal
-from pathlib import Path
 
 import pytest
 import ray
 from moto_s3 import BUCKET, moto_server, read_object, s3_uri
 from ray.cluster_utils import Cluster
-from tiny_study import assert_one_truth, write_study_file, write_tiny_teacher
+from ray_heads import descendants, parent_pid
+from tiny_study import assert_one_truth, write_study_file
 
 from lrwa.tune.layout import RAY_DIR
 from lrwa.tune.recorder import StudyRecorder
@@ -59,19 +59,6 @@ def worker_nodes(cluster):
     return cluster
 
 
-@pytest.fixture(scope="module")
-def teacher_file(tmp_path_factory):
-    return write_tiny_teacher(tmp_path_factory.mktemp("teacher"))
-
-
-def _parent(pid):
-    # /proc/<pid>/stat: "pid (name) state ppid ...", and the name may hold spaces.
-    try:
-        return int(Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[1])
-    except (FileNotFoundError, ProcessLookupError):
-        return 0
-
-
 def _raylet(node):
     return node.all_processes["raylet"][0].process.pid
 
@@ -82,28 +69,14 @@ def node_running(cluster, pid):
     while pid > 1:
         if pid in raylets:
             return raylets[pid]
-        pid = _parent(pid)
+        pid = parent_pid(pid)
     raise AssertionError("the trial does not run on a worker node")
-
-
-def _descendants(pid):
-    """Every living process started by `pid`, directly or not."""
-    children = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            children.setdefault(_parent(int(entry.name)), []).append(int(entry.name))
-    found, frontier = [], [pid]
-    while frontier:
-        offspring = children.get(frontier.pop(), [])
-        found += offspring
-        frontier += offspring
-    return found
 
 
 def preempt(cluster, node):
     """The whole node at once, as a spot reclaim takes it: its Ray processes and every
     process they started (the trials' workers) are SIGKILLed."""
-    workers = _descendants(_raylet(node))
+    workers = descendants(_raylet(node))
     cluster.remove_node(node, allow_graceful=False)
     for pid in workers:
         with contextlib.suppress(ProcessLookupError):

@@ -246,27 +246,33 @@ def test_a_trial_failed_by_a_full_disk_is_run_again_by_the_rerun(ray_session, te
     assert_one_truth(second.store.local_path(), budget=1, epochs=EPOCHS)
 
 
-def test_a_restored_searcher_never_hands_on_a_trial_tune_restored(tmp_path):
-    """F1: the searcher's saved state can be older than Tune's experiment state (the two
-    files are uploaded one after the other, and a kill can fall between). A trial Tune
-    restored and resumes must not be handed to a new trial as "lost": both would run the
-    same configuration."""
+def _signed_searcher(store):
+    """The study's searcher as the driver builds it: a random sampler, seed 0, over alpha."""
     import optuna
     from ray.tune.search import ConcurrencyLimiter
 
     from lrwa.tune.journal import journal_storage
     from lrwa.tune.search import SignedSearchGenerator, StudySearch
-    from lrwa.tune.storage import open_store
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    store = open_store(tmp_path / "results", "tiny")
     space = {"alpha": optuna.distributions.FloatDistribution(0.1, 1.0, log=True)}
+    searcher = StudySearch(space=space, metric="mean_acc", mode="max", study_name="tiny",
+                           storage=journal_storage(store),
+                           sampler=optuna.samplers.RandomSampler(seed=0))
+    return SignedSearchGenerator(ConcurrencyLimiter(searcher, 4), store)
+
+
+def test_a_restored_searcher_never_hands_on_a_trial_tune_restored(tmp_path):
+    """F1: the searcher's saved state can be older than Tune's experiment state (the two
+    files are uploaded one after the other, and a kill can fall between). A trial Tune
+    restored and resumes must not be handed to a new trial as "lost": both would run the
+    same configuration."""
+    from lrwa.tune.storage import open_store
+
+    store = open_store(tmp_path / "results", "tiny")
 
     def generator():
-        searcher = StudySearch(space=space, metric="mean_acc", mode="max", study_name="tiny",
-                               storage=journal_storage(store),
-                               sampler=optuna.samplers.RandomSampler(seed=0))
-        return SignedSearchGenerator(ConcurrencyLimiter(searcher, 4), store)
+        return _signed_searcher(store)
 
     running = generator()
     saved = tmp_path / "staging"
@@ -294,22 +300,12 @@ def test_a_lost_trial_is_still_handed_on(tmp_path):
     """F1 as it was seen: Optuna gave a trial that no saved state of Tune holds (the driver
     died first); the restored searcher gives it to Tune's next trial, and the trial after
     that gets a configuration of its own (it drew the lost trial's numbers again)."""
-    import optuna
-    from ray.tune.search import ConcurrencyLimiter
-
-    from lrwa.tune.journal import journal_storage
-    from lrwa.tune.search import SignedSearchGenerator, StudySearch
     from lrwa.tune.storage import open_store
 
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
     store = open_store(tmp_path / "results", "tiny")
-    space = {"alpha": optuna.distributions.FloatDistribution(0.1, 1.0, log=True)}
 
     def generator():
-        searcher = StudySearch(space=space, metric="mean_acc", mode="max", study_name="tiny",
-                               storage=journal_storage(store),
-                               sampler=optuna.samplers.RandomSampler(seed=0))
-        return SignedSearchGenerator(ConcurrencyLimiter(searcher, 4), store)
+        return _signed_searcher(store)
 
     running = generator()
     saved = tmp_path / "staging"
