@@ -22,6 +22,7 @@ from torch import Tensor, nn
 from lrwa.errors import LrwaError
 
 MAX_PROBE_SETS = 16
+PREFIX = "probe_agree_e"  # + the epoch its set was drawn at: one metric column per set
 
 
 def parse_probe_epochs(text: str) -> tuple[int, ...]:
@@ -41,7 +42,13 @@ def parse_probe_epochs(text: str) -> tuple[int, ...]:
 
 
 def column(epoch: int) -> str:
-    return f"probe_agree_e{epoch}"
+    return f"{PREFIX}{epoch}"
+
+
+def columns_in(names: Any) -> list[str]:
+    """The probe columns among `names`, in the order of their epochs."""
+    return sorted({name for name in names if str(name).startswith(PREFIX)},
+                  key=lambda name: int(name[len(PREFIX):]))
 
 
 def agreement(student: nn.Module, images: Tensor, labels: Tensor) -> float:

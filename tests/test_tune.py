@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import pickle
 import stat
@@ -64,7 +65,10 @@ def _ray_state(study_dir):
 def test_smoke_study_end_to_end(ray_session, teacher_file, tmp_path, capsys):
     previous_umask = os.umask(0o022)
     try:
-        study = load_study_file(write_study_file(tmp_path, teacher_file))
+        # Probe sets drawn at both epochs; the statistics after a one-epoch warm-up.
+        study = load_study_file(write_study_file(
+            tmp_path, teacher_file,
+            base={"probe_size": 16, "probe_epochs": "1,2", "warmup_epochs": 1}))
         outcome = run_study(study, tmp_path / "results")
         study_dir = tmp_path / "results" / "tiny"
         assert outcome.store.local_path() == study_dir and not outcome.resumed
@@ -93,8 +97,23 @@ def test_smoke_study_end_to_end(ray_session, teacher_file, tmp_path, capsys):
     assert schema.field("buffer_size").type == pa.int64()
     assert all(schema.field(name).type == pa.float64() for name in ENGINE_METRICS)
 
-    # Ray holds each trial's checkpoints; the last one has the student and the plot.
+    # The forgetting curves: each probe column is the engine's own, epoch for epoch (the
+    # set of epoch 2 does not exist at epoch 1); the after-warm-up statistics leave out
+    # epoch 1.
     checkpoints = sorted((study_dir / RAY_DIR / trial_id).glob("checkpoint_*"))
+    engine = pd.read_parquet(checkpoints[-1] / "metrics.parquet")
+    curve = curves[curves["trial_id"] == trial_id].reset_index(drop=True)
+    for column in ("probe_agree_e1", "probe_agree_e2"):
+        assert schema.field(column).type == pa.float64()
+        assert curve[column].tolist() == pytest.approx(engine[column].tolist(), nan_ok=True)
+    assert math.isnan(curve["probe_agree_e2"][0]) and 0 <= curve["probe_agree_e2"][1] <= 1
+    for _, trial in trials.iterrows():
+        accuracy = curves[curves["trial_id"] == trial["trial_id"]]["test_acc"].to_numpy()
+        assert trial["var_acc"] == pytest.approx(accuracy.var())
+        assert trial["var_acc_after_warmup"] == pytest.approx(accuracy[1:].var()) == 0
+        assert trial["max_drop_after_warmup"] == 0
+
+    # Ray holds each trial's checkpoints; the last one has the student and the plot.
     assert len(checkpoints) == 2
     assert {"checkpoint.pt", "student.pt", "learning_curve.png", "metrics.parquet"} <= {
         path.name for path in checkpoints[-1].iterdir()}
@@ -135,6 +154,9 @@ def test_smoke_study_end_to_end(ray_session, teacher_file, tmp_path, capsys):
     after = _ray_state(study_dir)
     assert [name for name in sorted(before.keys() | after.keys())
             if before.get(name) != after.get(name)] == []  # the files the rerun changed
+    assert load_study(study_dir)[1].equals(curves)
+    # A lost curve file is rebuilt from what Ray persisted, probe columns included.
+    (study_dir / CURVES_DIR / f"{trial_id}.parquet").unlink()
     assert load_study(study_dir)[1].equals(curves)
 
 

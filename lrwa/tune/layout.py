@@ -23,6 +23,11 @@ writer and reader of a study.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
+from lrwa.probes import columns_in as probe_columns
+
 DEFAULT_STORAGE = "tune_results"  # where `lrwa tune` puts studies unless --storage
 STUDY_FORMAT = "lrwa-study/2"  # study.json's format; 2: curves/<trial_id>.parquet, Ray owns checkpoints
 STUDY_JSON = "study.json"
@@ -46,10 +51,20 @@ OPTUNA_STATES = {"COMPLETE": COMPLETED, "PRUNED": STOPPED_EARLY, "FAIL": ERRORED
 
 # Curve statistics (lrwa.summary.curve_statistics): what an objective may name, and the
 # numbers every trial row carries.
-OBJECTIVE_METRICS = ("best_acc", "mean_acc", "final_acc", "var_acc", "max_drop")
-# What the engine reports per epoch (lrwa.distiller), the columns of every curve file.
+# The *_after_warmup pair leaves out the config's first `warmup_epochs` epochs.
+OBJECTIVE_METRICS = ("best_acc", "mean_acc", "final_acc", "var_acc", "max_drop",
+                     "var_acc_after_warmup", "max_drop_after_warmup")
+# What the engine reports per epoch (lrwa.distiller), the columns of every curve file;
+# besides these, a run with probe sets reports one `probe_agree_e<k>` per set (lrwa.probes).
 EPOCH_METRICS = ("test_acc", "loss_acq", "loss_ret", "loss_gen", "grad_cos", "buffer_fill",
                  "samples_per_s", "train_s", "wall_s", "lr")
+
+
+def epoch_values(source: Mapping[str, Any]) -> dict[str, Any]:
+    """The per-epoch metrics in `source` (an engine row or a Tune result): the fixed ones,
+    then the probe columns it holds."""
+    return {**{name: source.get(name) for name in EPOCH_METRICS},
+            **{name: source[name] for name in probe_columns(source)}}
 # Packages whose versions each trial row records (lrwa.provenance.versions).
 VERSION_KEYS = ("lrwa", "python", "torch", "ray", "optuna", "pyarrow", "numpy", "git")
 # Optuna user attributes that link a journal trial to lrwa.

@@ -51,7 +51,6 @@ from lrwa.tune.journal import (
 )
 from lrwa.tune.layout import (
     COMPLETED,
-    EPOCH_METRICS,
     ERROR_ATTR,
     ERROR_KEY,
     ERRORED,
@@ -61,6 +60,7 @@ from lrwa.tune.layout import (
     TRIAL_ID_ATTR,
     VERSION_KEYS,
     VERSIONS_ATTR,
+    epoch_values,
 )
 from lrwa.tune.results import (
     curve_summary,
@@ -232,8 +232,7 @@ class StudyRecorder(Callback):
         journal_trial = self._journal_trial(trial.trial_id)
         if journal_trial is None or journal_trial.state.is_finished():
             return  # a replayed report of a trial whose end is already recorded
-        row = {"epoch": int(result["epoch"]), **{name: result.get(name)
-                                                for name in EPOCH_METRICS}}
+        row = {"epoch": int(result["epoch"]), **epoch_values(result)}
         rows = self._rows_of(trial.trial_id)
         if rows and int(rows[-1]["epoch"]) >= row["epoch"]:
             rows[:] = replace_from(rows, row)  # replayed after a restore
@@ -290,7 +289,7 @@ class StudyRecorder(Callback):
         if trial.checkpoint is not None:  # the run folder of its last epoch: student.pt
             attrs[RUN_DIR_ATTR] = f"{RAY_DIR}/{trial.trial_id}/{Path(trial.checkpoint.path).name}"
         rows = self._rows_of(trial.trial_id)
-        summary = curve_summary(rows)
+        summary = curve_summary(rows, self._settings_of(trial)["warmup_epochs"])
         status = record_outcome(self.index, trial.trial_id, status, summary,
                                 self.study.objectives, attrs)
         if rows:

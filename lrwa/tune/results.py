@@ -38,6 +38,7 @@ from lrwa.tune.layout import (
     STUDY_JSON,
     TRIALS_FILE,
     VERSION_KEYS,
+    probe_columns,
 )
 from lrwa.tune.storage import StudyStore, first_line, open_study_location
 from lrwa.tune.study import VARIANT, field_kind
@@ -60,12 +61,12 @@ def setting_columns(searched: Sequence[str]) -> list[str]:
     return list(dict.fromkeys([*searched, *SETTING_COLUMNS]))
 
 
-def curve_schema(searched: Sequence[str]) -> pa.Schema:
+def curve_schema(searched: Sequence[str], probes: Sequence[str] = ()) -> pa.Schema:
     return pa.schema([
         pa.field("study", pa.string()), pa.field("trial_id", pa.string()),
         pa.field("epoch", pa.int64()),
         *[pa.field(name, config_column_type(name)) for name in setting_columns(searched)],
-        *[pa.field(name, pa.float64()) for name in EPOCH_METRICS],
+        *[pa.field(name, pa.float64()) for name in (*EPOCH_METRICS, *probes)],
     ])
 
 
@@ -95,13 +96,14 @@ def _parquet_bytes(table: pa.Table) -> bytes:
 
 def curve_table(store: StudyStore, trial_id: str, searched: Sequence[str],
                 settings: Mapping[str, Any], rows: Sequence[Row]) -> pa.Table:
+    probes = probe_columns(name for row in rows for name in row)
     columns: dict[str, list[Any]] = {
         "study": [store.name] * len(rows), "trial_id": [trial_id] * len(rows),
         "epoch": [int(row["epoch"]) for row in rows],
         **{name: [settings[name]] * len(rows) for name in setting_columns(searched)},
-        **{name: [_number(row.get(name)) for row in rows] for name in EPOCH_METRICS},
+        **{name: [_number(row.get(name)) for row in rows] for name in (*EPOCH_METRICS, *probes)},
     }
-    return pa.Table.from_pydict(columns, schema=curve_schema(searched))
+    return pa.Table.from_pydict(columns, schema=curve_schema(searched, probes))
 
 
 def write_curve(store: StudyStore, trial_id: str, searched: Sequence[str],
@@ -136,9 +138,10 @@ def replace_from(rows: Sequence[Row], row: Row) -> list[dict[str, Any]]:
     return [dict(kept) for kept in rows if int(kept["epoch"]) < epoch] + [dict(row)]
 
 
-def curve_summary(rows: Sequence[Row]) -> dict[str, Any]:
-    """The accuracy statistics of a curve, and how many epochs it holds."""
-    return {**curve_statistics([_number(row.get("test_acc")) for row in rows]),
+def curve_summary(rows: Sequence[Row], warmup_epochs: int) -> dict[str, Any]:
+    """The accuracy statistics of a curve (the *_after_warmup pair without its first
+    `warmup_epochs` rows), and how many epochs it holds."""
+    return {**curve_statistics([_number(row.get("test_acc")) for row in rows], warmup_epochs),
             "epochs_run": max((int(row["epoch"]) for row in rows), default=0),
             "wall_s": sum(_number(row.get("wall_s")) for row in rows) if rows else None}
 

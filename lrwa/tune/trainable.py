@@ -28,7 +28,7 @@ from typing import Any
 from lrwa.run import Evaluation, run_distillation
 from lrwa.sinks import METRICS_FILE, SUMMARY_FILE
 from lrwa.teacher import Teacher
-from lrwa.tune.layout import EPOCH_METRICS, ERROR_KEY, OBJECTIVE_METRICS
+from lrwa.tune.layout import ERROR_KEY, OBJECTIVE_METRICS, epoch_values
 from lrwa.tune.resources import worker_cpus
 from lrwa.tune.storage import StudyStore
 from lrwa.tune.study import Study
@@ -108,7 +108,7 @@ def _report(run_dir: Path, row: dict[str, Any], checkpoint: bool) -> None:
     from ray import tune
 
     summary = _summary(run_dir)
-    metrics = {"epoch": int(row["epoch"]), **{name: row.get(name) for name in EPOCH_METRICS},
+    metrics = {"epoch": int(row["epoch"]), **epoch_values(row),
                **{name: summary.get(name) for name in OBJECTIVE_METRICS},
                "teacher_acc": summary.get("teacher_acc")}
     tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(str(run_dir))

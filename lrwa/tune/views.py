@@ -26,9 +26,9 @@ from lrwa.errors import LrwaError
 from lrwa.sinks import METRICS_FILE
 from lrwa.tune.internals import RESULT_FILE
 from lrwa.tune.layout import (
-    EPOCH_METRICS,
     ERROR_ATTR,
     ERROR_KEY,
+    OBJECTIVE_METRICS,
     OPTUNA_FILE,
     RAY_DIR,
     RUN_DIR_ATTR,
@@ -36,6 +36,7 @@ from lrwa.tune.layout import (
     UNFINISHED,
     VERSION_KEYS,
     VERSIONS_ATTR,
+    epoch_values,
 )
 from lrwa.tune.results import (
     curve_path,
@@ -63,7 +64,7 @@ def trial_record(study: Study, store: StudyStore, trial_id: str, journal_trial: 
     from lrwa.tune.journal import status_of
 
     config = study.trial_settings(journal_trial.params)
-    summary = curve_summary(rows)
+    summary = curve_summary(rows, config["warmup_epochs"])
     attrs = journal_trial.user_attrs
     teacher_acc = attrs.get("teacher_acc")
     return {
@@ -71,8 +72,7 @@ def trial_record(study: Study, store: StudyStore, trial_id: str, journal_trial: 
         "status": status_of(journal_trial), "error": attrs.get(ERROR_ATTR),
         **{key: config[key] for key in dict.fromkeys([*study.searched, "mode", "replay",
                                                       "seed"])},
-        **{key: summary[key] for key in ("best_acc", "mean_acc", "final_acc", "var_acc",
-                                         "max_drop", "epochs_run", "wall_s")},
+        **{key: summary[key] for key in (*OBJECTIVE_METRICS, "epochs_run", "wall_s")},
         "teacher_acc": teacher_acc,
         "teacher_gap": (teacher_acc - summary["best_acc"] if teacher_acc is not None
                         else None),
@@ -101,8 +101,7 @@ def ray_rows(store: StudyStore, trial_id: str) -> list[dict[str, Any]]:
             continue  # a torn last line of a killed driver
         if isinstance(result, dict) and "epoch" in result and ERROR_KEY not in result:
             from_results = replace_from(from_results, {
-                "epoch": int(result["epoch"]),
-                **{name: result.get(name) for name in EPOCH_METRICS}})
+                "epoch": int(result["epoch"]), **epoch_values(result)})
     from_checkpoint: list[dict[str, Any]] = []
     metrics = [path for path in store.list_files(f"{RAY_DIR}/{trial_id}")
                if path.endswith(f"/{METRICS_FILE}")]
@@ -113,7 +112,7 @@ def ray_rows(store: StudyStore, trial_id: str) -> list[dict[str, Any]]:
         except (pa.ArrowException, OSError, ValueError):
             continue
         if table is not None and table.num_rows:
-            from_checkpoint = [{name: row.get(name) for name in ("epoch", *EPOCH_METRICS)}
+            from_checkpoint = [{"epoch": row["epoch"], **epoch_values(row)}
                                for row in table.to_pylist()]
             break
     return max(from_results, from_checkpoint, key=_last_epoch)
