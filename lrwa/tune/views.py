@@ -245,7 +245,7 @@ def read_views(store: StudyStore, out: Printer) -> tuple[pd.DataFrame, pd.DataFr
                for trial_id, trial in journal.items() if status_of(trial) == UNFINISHED
                and (rows := ray_rows(store, trial_id))]
     if running:
-        frames = [frame for frame in (curves, pa.concat_tables(running).to_pandas())
+        frames = [frame for frame in (curves, pa.concat_tables(running, promote_options="permissive").to_pandas())
                   if not frame.empty]
         curves = pd.concat(frames, ignore_index=True).sort_values(
             ["trial_id", "epoch"], kind="stable").reset_index(drop=True)
