@@ -51,8 +51,8 @@ STEP_BATCH = 32
 def study_config(name: str) -> tuple[Any, Any]:
     """(the config of the study's largest-buffer trial, with a one-step epoch, its study)."""
     study = load_study_file(name)
-    largest = {parameter.name: parameter.high for parameter in study.space
-               if parameter.name == "buffer_size"}
+    largest = {name: entry.high for name, entry in study.space.items()
+               if name == "buffer_size"}
     config = study.trial_config(largest).replace(
         teacher=None, device="cpu", iters_per_epoch=1, student_steps=1,
         batch_size=STEP_BATCH, data_root=None)

@@ -176,12 +176,12 @@ def build_parser() -> argparse.ArgumentParser:
                     "where the teacher's data set is mnist5k or digits, then --config, then the "
                     "flags typed. The run's folder records the resolved config.yaml."))
 
-    from lrwa.tune.commands import QUICKSTART_MINUTES, add_quickstart_flags
+    from lrwa.tune.commands import QUICKSTART_MINUTES, add_storage_flag
 
     quickstart = commands.add_parser(
         "quickstart", help="the quickstart study on the embedded default, end to end (about "
         f"{QUICKSTART_MINUTES} min on 2 CPU cores, the teacher's training included)")
-    add_quickstart_flags(quickstart)
+    add_storage_flag(quickstart)
 
     from lrwa.tune.commands import add_commands
 

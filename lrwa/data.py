@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from lrwa.errors import LrwaError
+from lrwa.errors import LrwaError, first_line
 
 SPLITS = ("train", "val", "test")
 
@@ -251,8 +251,7 @@ def _download(name: str, root: str, official: str) -> None:
             raise LrwaError(f"downloaded {name} under {root} fails its md5 check")
     except (OSError, RuntimeError) as exc:
         # One line for the user: network failures carry multi-line reprs otherwise.
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise LrwaError(f"could not download {name} to {root}: {reason}") from exc
+        raise LrwaError(f"could not download {name} to {root}: {first_line(exc)}") from exc
 
 
 class _CifarUnpickler(pickle.Unpickler):

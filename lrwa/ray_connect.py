@@ -24,7 +24,7 @@ import sys
 from collections.abc import Iterator
 from typing import Any
 
-from lrwa.errors import LrwaError
+from lrwa.errors import LrwaError, first_line
 from lrwa.signals import stop_like_ctrl_c
 
 CONNECT_TIMEOUT_S = 5.0
@@ -109,10 +109,10 @@ def _check_gcs(address: str, shown: str) -> None:
         raise LrwaError(f"the Ray cluster at {shown} refused this driver's authentication "
                         f"token; {TOKEN_FIX}") from None
     except ray.exceptions.RayError as error:
-        first = str(error).splitlines()[0] if str(error) else type(error).__name__
-        raise LrwaError(f"{shown} answers but not as a Ray cluster's GCS ({first}); give "
-                        f"the head's GCS address, port {DEFAULT_GCS_PORT} unless `ray start "
-                        "--head --port` chose another (not the dashboard's 8265)") from None
+        raise LrwaError(f"{shown} answers but not as a Ray cluster's GCS "
+                        f"({first_line(error)}); give the head's GCS address, port "
+                        f"{DEFAULT_GCS_PORT} unless `ray start --head --port` chose another "
+                        "(not the dashboard's 8265)") from None
 
 
 def check_reachable(address: str | None) -> None:
@@ -159,9 +159,8 @@ def connect_ray(address: str | None = None, **init_args: Any) -> None:
     except (ConnectionError, ray.exceptions.RayError) as error:
         if target in LOCAL_ADDRESSES:
             raise
-        first = str(error).splitlines()[0] if str(error) else type(error).__name__
-        raise LrwaError(f"cannot join the Ray cluster at {_named(target, address)}: {first}"
-                        ) from None
+        raise LrwaError(f"cannot join the Ray cluster at {_named(target, address)}: "
+                        f"{first_line(error)}") from None
     stop_like_ctrl_c()
     quiet_node_reports()
 

@@ -37,7 +37,7 @@ from lrwa.atomic import is_temporary, write_text, write_with
 from lrwa.config import PATH_KEYS, DistillConfig, absolute_paths, from_mapping, resolved_path
 from lrwa.data import DatasetSpec, load_split
 from lrwa.distiller import Distiller, NonFiniteLoss, resolve_device
-from lrwa.errors import LrwaError
+from lrwa.errors import LrwaError, first_line
 from lrwa.execution import apply_execution, resolved_execution
 from lrwa.folder_lock import LOCK_FILE, hold_folder
 from lrwa.generator import Generator
@@ -163,8 +163,7 @@ def restore_checkpoint(distiller: Distiller, out_dir: Path, config: DistillConfi
     try:
         distiller.load_state_dict(payload["distiller"])
     except (KeyError, TypeError, ValueError, RuntimeError, IndexError, AttributeError) as error:
-        first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
-        raise _foreign(out_dir, clipped(first_line)) from None
+        raise _foreign(out_dir, clipped(first_line(error))) from None
 
 
 def build_summary(history: Sequence[Mapping[str, Any]], teacher_acc: float,

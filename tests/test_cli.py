@@ -1,8 +1,8 @@
 """The `lrwa` command line: each user mistake is exit 2 and one line on stderr, no traceback.
 
 Most cases call `lrwa.cli.main` in-process; three run the installed `lrwa` script to prove
-the exit status and the single stderr line end to end. Distillation tests use a LeNet-5
-teacher trained for one epoch on the 8x8 `digits` set and name it with `--teacher`, so the
+the exit status and the single stderr line end to end. Distillation tests use conftest's
+`teacher_file`, a LeNet-5 trained for one epoch on the 8x8 `digits` set, with `--teacher`, so the
 embedded mnist5k teacher is never trained; a guard fails any test that would train it.
 """
 
@@ -77,21 +77,6 @@ def one_thread_and_private_cache(monkeypatch: pytest.MonkeyPatch, tmp_path: Path
     monkeypatch.setattr(run_module, "default_teacher", no_default_teacher)
     yield
     torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def teacher_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A digits LeNet-5 checkpoint written by `lrwa teacher train` itself."""
-    path = tmp_path_factory.mktemp("teacher") / "digits-lenet5.pt"
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        code = main(["teacher", "train", "--dataset", "digits", "--arch", "lenet5",
-                     "--epochs", "1", "--device", "cpu", "--out", str(path)])
-    finally:
-        torch.set_num_threads(threads)
-    assert code == 0
-    return path
 
 
 @pytest.fixture

@@ -74,7 +74,7 @@ def test_study_resumes_from_s3_on_a_fresh_head_node_and_reports(ray_session, end
     faults = FaultPlan(epoch=2, marker=str(tmp_path / "interrupt-once"), action="interrupt",
                        driver_pid=os.getpid())
     first = run_study(load_study_file(study_file), storage, faults=faults)
-    assert first.interrupted and first.statuses["completed"] < 2
+    assert not first.complete and first.statuses["completed"] < 2
     assert LOCK_FILE not in stored(endpoint, "studies/tiny")  # the lease went with the driver
 
     _forget_local_journal(storage)
@@ -226,3 +226,20 @@ def test_a_study_whose_prefix_is_gone_is_a_new_study_and_restart_starts_over(
     restarted = run_study(study, storage, restart=True, out=lines.append)
     assert restarted.ran and restarted.statuses["completed"] == 1, lines
     assert_one_truth(s3_uri(endpoint, "gone/tiny"), budget=1, epochs=1)
+
+
+def test_files_and_whole_studies_move_in_an_object_store(endpoint):
+    """An object store has no rename: a move copies, then deletes (`--restart`, and the
+    leftovers of a start that Ray never recorded)."""
+    store = open_store(s3_uri(endpoint, "moves"), "tiny")
+    store.write_bytes("ray/a.json", b"a")
+    store.write_bytes("optuna.journal", b"j")
+    store.move("ray", store.path("attempts/1/ray"))
+    store.move("optuna.journal", store.path("attempts/1/optuna.journal"))
+    assert stored(endpoint, "moves/tiny") == {"attempts/1/ray/a.json",
+                                              "attempts/1/optuna.journal"}
+    aside = store.move_aside()
+    assert re.fullmatch(r"s3://.*/moves/tiny\.old-\d{8}-\d{6}", aside), aside
+    assert not store.exists()
+    assert read_object(endpoint, f"{aside.partition(f'{BUCKET}/')[2]}/attempts/1/ray/a.json") \
+        == b"a"

@@ -46,7 +46,7 @@ def varied_rows(count):
 
 def test_too_few_completed_trials_give_no_importances(tmp_path):
     store = journal_study(tmp_path / "s", varied_rows(2))
-    importances, note = parameter_importances(store, "s", multi_objective=False)
+    importances, note = parameter_importances(store, multi_objective=False)
     assert importances is None
     assert note == (f"no parameter importances: they need at least {MIN_IMPORTANCE_TRIALS} "
                     "completed trials, the study has 2")
@@ -56,7 +56,7 @@ def test_one_varied_parameter_gives_no_importances(tmp_path):
     # The smoke study's case: alpha and replay the same in every trial.
     rows = [({"alpha": 0.9, "replay_ratio": 0.1 + 0.01 * index, "replay": "memory"},
              0.4 + 0.01 * index) for index in range(MIN_IMPORTANCE_TRIALS)]
-    importances, note = parameter_importances(journal_study(tmp_path / "s", rows), "s", False)
+    importances, note = parameter_importances(journal_study(tmp_path / "s", rows), False)
     assert importances is None
     assert note.startswith("no parameter importances: only replay_ratio varied among the "
                            f"{MIN_IMPORTANCE_TRIALS} completed trials")
@@ -64,7 +64,7 @@ def test_one_varied_parameter_gives_no_importances(tmp_path):
 
 def test_equal_objectives_give_no_importances(tmp_path):
     rows = [(params, 0.7) for params, _ in varied_rows(MIN_IMPORTANCE_TRIALS)]
-    importances, note = parameter_importances(journal_study(tmp_path / "s", rows), "s", False)
+    importances, note = parameter_importances(journal_study(tmp_path / "s", rows), False)
     assert importances is None
     assert note == (f"no parameter importances: all {MIN_IMPORTANCE_TRIALS} completed trials "
                     "have the same objective")
@@ -72,7 +72,7 @@ def test_equal_objectives_give_no_importances(tmp_path):
 
 def test_enough_varied_trials_give_importances_of_the_varied_only(tmp_path):
     store = journal_study(tmp_path / "s", varied_rows(MIN_IMPORTANCE_TRIALS))
-    importances, note = parameter_importances(store, "s", multi_objective=False)
+    importances, note = parameter_importances(store, multi_objective=False)
     assert set(importances) == {"alpha", "replay_ratio"}  # replay took one value
     assert math.isclose(sum(importances.values()), 1.0)
     assert note == (f"over {MIN_IMPORTANCE_TRIALS} completed trials, 2 varied parameters; "

@@ -67,18 +67,19 @@ def test_a_study_resolves_with_defaults_and_exact_types():
     assert (study.trials, study.max_concurrent, study.cpus, study.gpus, study.workers) == (
         2, 1, 1.0, 0.0, 1)
     assert isinstance(study.trials, int) and isinstance(study.cpus, float)
-    assert (study.sampler, study.n_startup_trials, study.scheduler) == ("tpe", 10, "none")
+    assert (study.sampler.type, study.n_startup_trials, study.scheduler.type) == (
+        "tpe", 10, "none")
     assert (study.grace_period, study.reduction_factor, study.seed) == (1, 2.0, 3)
     assert study.base["seed"] == 3  # the study's seed, unless base names one
     # No teacher: the embedded mnist5k one, so its preset sits under base.
     assert (study.base["alpha"], study.base["vae_latent_dim"]) == (0.1, 64)
-    alpha, buffer_size, ratio = study.space
+    alpha, buffer_size, ratio = study.space.values()
     assert (alpha.log, buffer_size.log, ratio.log) == (True, True, False)
     assert (buffer_size.low, buffer_size.high) == (32, 128)
     assert isinstance(buffer_size.low, int) and isinstance(alpha.low, float)
     assert study.objectives == (Objective(metric="mean_acc", direction="max"),)
     assert study.objectives[0].mode == "max" and not study.multi_objective
-    assert study.mlflow is None and study.smoke == {} and study.variants == {}
+    assert study.mlflow is None and study.to_dict()["smoke"] == {} and study.variants == {}
 
 
 def test_a_pickled_study_is_the_same_study_and_resolves_its_variants():
@@ -98,8 +99,8 @@ def test_a_pickled_study_is_the_same_study_and_resolves_its_variants():
 def test_points_are_filled_from_the_base_and_the_smoke_variant_keeps_them():
     study = parse_study(study_data(points_to_evaluate=[{"alpha": 0.5}],
                                    smoke={"base": {"buffer_size": 96}}), "src.yaml")
-    assert study.points_to_evaluate == ({"alpha": 0.5, "buffer_size": 64,
-                                         "replay_ratio": 0.25},)
+    assert study.points_to_evaluate == [{"alpha": 0.5, "buffer_size": 64,
+                                         "replay_ratio": 0.25}]
     smoke = study.smoke_variant()
     assert smoke.points_to_evaluate == study.points_to_evaluate
     assert smoke.base["buffer_size"] == 96 and smoke.is_smoke and smoke.trials == 2
@@ -108,10 +109,12 @@ def test_points_are_filled_from_the_base_and_the_smoke_variant_keeps_them():
 def test_data_parallel_split_keys_step_by_the_workers_also_in_the_smoke_variant():
     study = parse_study(study_data(space={**SPACE, **LINEAR}, resources={"workers": 2}),
                         "src.yaml")
-    assert next(p for p in study.space if p.name == "buffer_size").step == 2
+    assert study.space["buffer_size"].step == 2
+    # study.json keeps the study as a file, which views.py parses back to the same study
+    assert parse_study(study.as_file(), "copy.yaml").fingerprint() == study.fingerprint()
     smoke = study.smoke_variant()
     assert smoke.workers == 1 and smoke.fingerprint() == study.smoke_variant().fingerprint()
-    assert next(p for p in smoke.space if p.name == "buffer_size").step == 2
+    assert smoke.space["buffer_size"].step == 2
 
 
 def test_the_mlflow_logger_and_smoke_overrides_keep_what_the_file_gave():
@@ -119,7 +122,8 @@ def test_the_mlflow_logger_and_smoke_overrides_keep_what_the_file_gave():
                                                        "experiment": ""}},
                                    smoke={"budget": {"trials": 3}, "base": None}), "src.yaml")
     assert given.mlflow == {"tracking_uri": "http://host:5000"}
-    assert given.smoke == {"budget": {"trials": 3}} and given.smoke_variant().trials == 3
+    assert given.to_dict()["smoke"] == {"budget": {"trials": 3}}
+    assert given.smoke_variant().trials == 3
     assert parse_study(study_data(loggers={"mlflow": {}}), "src.yaml").mlflow == {}
     assert parse_study(study_data(loggers={"mlflow": None}), "src.yaml").mlflow is None
 
@@ -127,10 +131,10 @@ def test_the_mlflow_logger_and_smoke_overrides_keep_what_the_file_gave():
 def test_a_grid_runs_every_combination_of_choices_once():
     study = parse_study(study_data(space=GRID, sampler={"type": "grid"}, budget={"trials": 4},
                                    points_to_evaluate=None), "src.yaml")
-    assert study.sampler == "grid" and [p.choices for p in study.space] == [
-        ("joint", "meta"), ("fifo", "reservoir")]
+    assert study.sampler.type == "grid" and [p.choices for p in study.space.values()] == [
+        ["joint", "meta"], ["fifo", "reservoir"]]
     smoke = study.smoke_variant()  # two trials cannot run four points: two random ones
-    assert (smoke.sampler, smoke.trials, smoke.space) == ("random", 2, study.space)
+    assert (smoke.sampler.type, smoke.trials, smoke.space) == ("random", 2, study.space)
 
 
 def test_the_file_is_read_by_the_strict_loader_and_named_in_errors(tmp_path):

@@ -393,7 +393,7 @@ def test_shipped_studies_parse_with_their_smoke_variants():
         study = load_study_file(name)
         smoke = study.smoke_variant()
         assert smoke.name == f"{name}-smoke" and smoke.trials == 2
-        assert smoke.base["epochs"] == 2 and smoke.gpus == 0 and smoke.scheduler == "none"
+        assert smoke.base["epochs"] == 2 and smoke.gpus == 0 and smoke.scheduler.type == "none"
     assert resolve_study_path("quickstart") == studies_dir() / "quickstart.yaml"
     cifar = load_study_file("cifar10_resnet34_resnet18")
     assert (cifar.base["batch_size"], cifar.base["epochs"], cifar.base["alpha"]) == (512, 400,
@@ -454,7 +454,7 @@ def test_data_parallel_trials_hold_a_sliver_and_fit_the_machine(teacher_file, tm
     assert check_cluster(study, {"CPU": 2.0}) == 1
     with pytest.raises(LrwaError, match="needs"):
         check_cluster(study, {"CPU": 1.0})
-    assert next(p for p in study.space if p.name == "buffer_size").step == 2
+    assert study.space["buffer_size"].step == 2
     with pytest.raises(LrwaError, match="cannot step a log scale"):
         load_study_file(write_study_file(tmp_path, teacher_file, resources={"workers": 2}))
     with pytest.raises(LrwaError, match="base.batch_size: 32 must split evenly"):

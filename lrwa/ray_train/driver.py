@@ -32,7 +32,7 @@ from lrwa.folder_lock import LOCK_FILE, hold_folder
 from lrwa.output_paths import check_folder
 from lrwa.ray_train.cluster import backend_for, ensure_ray, plan_cpus
 from lrwa.ray_train.run_folder import (
-    DEFAULT_STORAGE,
+    RAY_SUBFOLDER,
     RUN_RECORD,
     EpochCallback,
     Progress,
@@ -143,7 +143,7 @@ def _trainer(plan: WorkerPlan, workers: int, cpus: float, gpus_per_worker: float
                                                resources_per_worker=resources),
         run_config=ray.train.RunConfig(
             name=record["name"],
-            storage_path=record["storage"] or str(out_dir / DEFAULT_STORAGE),
+            storage_path=record["storage"] or str(out_dir / RAY_SUBFOLDER),
             failure_config=ray.train.FailureConfig(max_failures=max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=KEEP_CHECKPOINTS),
             logging_config=ray.train.LoggingConfig(log_level="WARNING")),
@@ -182,8 +182,8 @@ def _startup_files(out_dir: Path) -> frozenset[str]:
     """What a distributed run writes before its first checkpoint: config.yaml, the lock,
     ray_run.json, and Ray's default storage as long as it holds no checkpoint."""
     names = {CONFIG_FILE, LOCK_FILE, RUN_RECORD}
-    if not any((out_dir / DEFAULT_STORAGE).glob("*/epoch-*")):
-        names.add(DEFAULT_STORAGE)
+    if not any((out_dir / RAY_SUBFOLDER).glob("*/epoch-*")):
+        names.add(RAY_SUBFOLDER)
     return frozenset(names)
 
 
@@ -236,7 +236,7 @@ def _run_held(config: DistillConfig | None, out_dir: Path, *, workers: int,
                             f"not {workers}; each worker's streams live in its own shard")
         if storage is not None and storage != record["storage"]:
             raise LrwaError(f"--resume: {out_dir} keeps its checkpoints in "
-                            f"{record['storage'] or out_dir / DEFAULT_STORAGE}, not {storage}")
+                            f"{record['storage'] or out_dir / RAY_SUBFOLDER}, not {storage}")
     elif config is None:
         raise ValueError("a new run needs a config")
     else:

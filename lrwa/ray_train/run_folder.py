@@ -38,7 +38,7 @@ from lrwa.teacher import Teacher, save_teacher
 
 RUN_RECORD = "ray_run.json"
 RUN_RECORD_FORMAT = "lrwa-ray-run/1"
-DEFAULT_STORAGE = "ray"  # Ray's storage inside the run folder, unless --storage says otherwise
+RAY_SUBFOLDER = "ray"  # Ray's storage inside the run folder, unless --storage says otherwise
 
 EpochCallback = Callable[[dict[str, Any]], None]
 

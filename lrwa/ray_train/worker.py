@@ -34,7 +34,7 @@ from torch import nn
 from lrwa.config import DistillConfig
 from lrwa.data import ImageDataset
 from lrwa.distiller import Distiller
-from lrwa.errors import LrwaError
+from lrwa.errors import LrwaError, first_line
 from lrwa.provenance import versions
 from lrwa.ray_train.collectives import (
     average_in_place,
@@ -127,9 +127,8 @@ def restore_shard(distiller: Distiller, directory: Path, rank: int, workers: int
         _copy_buffers(distiller.student, own["student_buffers"])
         _copy_buffers(distiller.generator, own["generator_buffers"])
     except (KeyError, TypeError, ValueError, RuntimeError, IndexError, AttributeError) as error:
-        first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
         raise LrwaError(f"checkpoint {directory} does not fit this run "
-                        f"({clipped(first_line)}); it was written by another run or is "
+                        f"({clipped(first_line(error))}); it was written by another run or is "
                         "damaged") from None
 
 

@@ -8,6 +8,8 @@ stack are imported only inside the handlers, so `lrwa --help` stays fast.
 from __future__ import annotations
 
 import argparse
+import functools
+from collections.abc import Callable
 from typing import Any
 
 from lrwa.tune.layout import DEFAULT_STORAGE  # one name for the default, in layout.py
@@ -17,6 +19,9 @@ QUICKSTART_STUDY = "quickstart"
 # benchmarks/quickstart_time.py measures it (124.6 s cold at load 0.3 when last set); README,
 # --help and the study file say it too.
 QUICKSTART_MINUTES = 2
+
+Printer = Callable[[str], None]
+print_line: Printer = functools.partial(print, flush=True)  # in order with Ray's output
 
 
 def add_commands(subparsers: Any) -> None:
@@ -49,11 +54,6 @@ def add_storage_flag(parser: Any) -> None:
                              f"study's folder (default: ./{DEFAULT_STORAGE})")
 
 
-def add_quickstart_flags(parser: Any) -> None:
-    """`lrwa quickstart`'s flags (the command itself is registered by lrwa.cli)."""
-    add_storage_flag(parser)
-
-
 def _run_and_report(study: Any, storage: str, restart: bool) -> Any:
     from lrwa.tune.layout import COMPLETED, STOPPED_EARLY
     from lrwa.tune.report import write_report
@@ -61,14 +61,13 @@ def _run_and_report(study: Any, storage: str, restart: bool) -> Any:
 
     outcome = run_study(study, storage, restart=restart)
     for line in summarise(outcome, study):
-        print(line, flush=True)
+        print_line(line)
     if outcome.ran and outcome.statuses.get(COMPLETED, 0) + outcome.statuses.get(
             STOPPED_EARLY, 0):
         write_report(outcome.store.uri(), tally=False)  # summarise printed the tally
     location = outcome.store.location()
-    print(f"Parquet: {location}/curves/ (one file per trial, one row per epoch) and "
-          f"{location}/trials.parquet; in Python: lrwa.tune.load_study('{location}')",
-          flush=True)
+    print_line(f"Parquet: {location}/curves/ (one file per trial, one row per epoch) and "
+               f"{location}/trials.parquet; in Python: lrwa.tune.load_study('{location}')")
     return outcome
 
 
@@ -102,8 +101,7 @@ def run_quickstart(storage: str = DEFAULT_STORAGE) -> None:
     from lrwa.tune.study import load_study_file
 
     study = load_study_file(QUICKSTART_STUDY)
-    print(f"quickstart: study '{study.name}', {study.trials} trials; {study.description}",
-          flush=True)
+    print_line(f"quickstart: study '{study.name}', {study.trials} trials; {study.description}")
     outcome = _run_and_report(study, storage, restart=False)
     data = outcome.store.read_bytes(BEST_CONFIG)
     if data is not None:
@@ -111,5 +109,5 @@ def run_quickstart(storage: str = DEFAULT_STORAGE) -> None:
         shown = ", ".join(f"{key}={config[key]:.4g}" if isinstance(config[key], float)
                           else f"{key}={config[key]}"
                           for key in (*study.searched, "mode", "replay", "epochs"))
-        print(f"\nbest configuration: {shown}\nrerun it: lrwa distill --config "
-              f"{outcome.store.location(BEST_CONFIG)} --out runs/quickstart-best", flush=True)
+        print_line(f"\nbest configuration: {shown}\nrerun it: lrwa distill --config "
+                   f"{outcome.store.location(BEST_CONFIG)} --out runs/quickstart-best")

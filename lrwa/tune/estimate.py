@@ -17,29 +17,23 @@ from typing import Any
 
 from lrwa.errors import LrwaError
 from lrwa.teacher import load_teacher
-from lrwa.tune.commands import QUICKSTART_MINUTES, QUICKSTART_STUDY
+from lrwa.tune.commands import QUICKSTART_MINUTES, QUICKSTART_STUDY, Printer, print_line
 from lrwa.tune.layout import DEFAULT_STORAGE  # one name for the default, in layout.py
 from lrwa.tune.resources import capacity_line, resources_per_trial, trial_bundles
 from lrwa.tune.space import describe_space
 from lrwa.tune.storage import open_store
 from lrwa.tune.study import Study
 
-Printer = Callable[[str], None]
-
-
-def _print(line: str) -> None:
-    print(line, flush=True)
-
-
 EVAL_SIZES = {"mnist5k": 1000, "digits": 360, "cifar10": 10000, "cifar100": 10000,
               "svhn": 26032}
 MEASURE_BATCH = 64
 
 
-def _measurement_teacher(study: Study) -> tuple[Any, str]:
-    """A teacher of the study's architecture. The cost of a step does not depend on the
-    weights, so a dry run never trains or loads one: the embedded teacher and a teacher
-    file named with teacher_arch and dataset are stood in for by random weights."""
+def _measurement_setup(study: Study) -> tuple[Any, Any, Any]:
+    """The base config, a teacher of the study's architecture and its data set's spec. The
+    cost of a step does not depend on the weights, so a dry run never trains or loads one:
+    the embedded teacher and a teacher file named with teacher_arch and dataset are stood
+    in for by random weights."""
     from lrwa.config import from_mapping
     from lrwa.data import dataset_spec
     from lrwa.models import build_model
@@ -52,13 +46,13 @@ def _measurement_teacher(study: Study) -> tuple[Any, str]:
         arch, dataset = base.teacher_arch, base.dataset
     elif Path(base.teacher).is_file():
         teacher = load_teacher(base.teacher)
-        return teacher, teacher.metadata["dataset"]
+        return base, teacher, dataset_spec(teacher.metadata["dataset"])
     else:
         raise LrwaError(f"teacher file {base.teacher} does not exist yet and base names no "
                         "teacher_arch and dataset to build a stand-in of the same cost")
     spec = dataset_spec(dataset)
     model = build_model(arch, spec.channels, spec.image_size, spec.num_classes)
-    return Teacher(model, {"arch": arch, "dataset": dataset}), dataset
+    return base, Teacher(model, {"arch": arch, "dataset": dataset}), spec
 
 
 def _timed(step: Callable[[], Any], repeats: int, cuda: bool) -> float:
@@ -76,20 +70,13 @@ def _timed(step: Callable[[], Any], repeats: int, cuda: bool) -> float:
 
 
 def measure_epoch_seconds(study: Study) -> tuple[float, str]:
-    """Seconds per epoch of one trial at the base config, from steps timed here.
-
-    Times a generator step and a student step (after a warm-up) at a batch of at most
-    64 on the device the trial would use, scales them linearly to the study's batch,
-    and adds one evaluation pass over the test split; returns (seconds, how)."""
+    """(seconds per epoch of one trial at the base config, how), from the steps timed here
+    as the module docstring says."""
     import torch
 
-    from lrwa.config import from_mapping
-    from lrwa.data import dataset_spec
     from lrwa.distiller import Distiller
 
-    teacher, dataset = _measurement_teacher(study)
-    spec = dataset_spec(dataset)
-    base = from_mapping(study.base)
+    base, teacher, spec = _measurement_setup(study)
     cuda = study.gpus > 0 and torch.cuda.is_available()
     device = torch.device("cuda" if cuda else "cpu")
     batch = min(base.batch_size, MEASURE_BATCH)
@@ -110,7 +97,7 @@ def measure_epoch_seconds(study: Study) -> tuple[float, str]:
                      if config.replay == "generative" else 0)
         fresh = distiller._fresh_images()
         vae_s = _timed(lambda: distiller.replay.add(fresh), 2, cuda) if vae_steps else 0.0
-        eval_s = _timed(distiller.evaluate, 1, cuda) * EVAL_SIZES.get(dataset, 10000) / 256
+        eval_s = _timed(distiller.evaluate, 1, cuda) * EVAL_SIZES.get(spec.name, 10000) / 256
     finally:
         torch.set_num_threads(threads)
     scale = base.batch_size / batch
@@ -151,15 +138,11 @@ def model_epoch_seconds(study: Study) -> tuple[float, str]:
     """Seconds per epoch of one trial on one GPU, from counted FLOPs (see above)."""
     import torch
 
-    from lrwa.config import from_mapping
-    from lrwa.data import dataset_spec
     from lrwa.generator import Generator
     from lrwa.models import build_model
     from lrwa.vae import VAE
 
-    teacher, dataset = _measurement_teacher(study)
-    spec = dataset_spec(dataset)
-    base = from_mapping(study.base)
+    base, teacher, spec = _measurement_setup(study)
     shape = (2, spec.channels, spec.image_size, spec.image_size)
     student = build_model(base.student, spec.channels, spec.image_size, spec.num_classes)
     generator = Generator(base.latent_dim, spec.channels, spec.image_size,
@@ -183,7 +166,7 @@ def model_epoch_seconds(study: Study) -> tuple[float, str]:
         vae_steps = min(base.vae_steps_per_iteration, base.student_steps)
         iteration += vae_steps * shares * 3 * (vae_f + 2 * teacher_f)
         iteration += base.student_steps * base.replay_batch_size * 3 * (vae_f + teacher_f)
-    evaluation = EVAL_SIZES.get(dataset, 10000) * student_f / base.eval_every
+    evaluation = EVAL_SIZES.get(spec.name, 10000) * student_f / base.eval_every
     epoch_flops = base.iters_per_epoch * iteration + evaluation
     where = (f"cost model, no GPU here: {epoch_flops / 1e15:.2f} PFLOP per epoch counted "
              f"with FlopCounterMode at an assumed {ASSUMED_GPU_FLOPS / 1e12:.0f} TFLOP/s "
@@ -192,7 +175,7 @@ def model_epoch_seconds(study: Study) -> tuple[float, str]:
 
 
 def dry_run(study: Study, storage: str | os.PathLike[str] = DEFAULT_STORAGE,
-            out: Printer = _print, measure: bool = True) -> dict[str, Any]:
+            out: Printer = print_line, measure: bool = True) -> dict[str, Any]:
     """Print what the study would run and an estimate of its cost; run nothing."""
     base = study.base
     out(f"study '{study.name}' ({study.source}), hash {study.fingerprint()}")
@@ -207,9 +190,9 @@ def dry_run(study: Study, storage: str | os.PathLike[str] = DEFAULT_STORAGE,
     objective = ", ".join(f"{o.direction} {o.metric}" for o in study.objectives)
     out(f"  objective: {objective}" + ("  (Pareto front)" if study.multi_objective else ""))
     scheduler = (f"asha (grace {study.grace_period}, reduction {study.reduction_factor:g})"
-                 if study.scheduler == "asha" else "none")
+                 if study.scheduler.type == "asha" else "none")
     out(f"  trials: {study.trials}, up to {study.max_concurrent} at a time, time budget "
-        f"{study.time_budget_s or 'none'}; sampler {study.sampler} (seed {study.seed}); "
+        f"{study.time_budget_s or 'none'}; sampler {study.sampler.type} (seed {study.seed}); "
         f"scheduler {scheduler}; {len(study.points_to_evaluate)} points evaluated first")
     need = resources_per_trial(study)
     out(f"  resources per trial: {study.workers} worker(s) x {study.cpus:g} CPU, "
@@ -250,14 +233,14 @@ def dry_run(study: Study, storage: str | os.PathLike[str] = DEFAULT_STORAGE,
         "gpu_hours": study.trials * trial_s * need["GPU"] / 3600, "how": how})
     out(f"  estimate ({how}):")
     out(f"    {epoch_s:.1f} s per epoch; {epochs:.3g} epochs per trial on average"
-        + (f" with ASHA's stopping (at most {base['epochs']})" if study.scheduler == "asha"
+        + (f" with ASHA's stopping (at most {base['epochs']})" if study.scheduler.type == "asha"
            else "") + f"; {study.trials} trials, {parallel} at a time")
     if teacher_s:
         out(f"    the embedded teacher is not cached yet: training it first, about "
             f"{teacher_s:.0f} s")
     out(f"    about {duration(wall_s)} of wall time"
         + (f" (at most {duration(estimate['most_wall_s'])} if no trial is stopped early)"
-           if study.scheduler == "asha" else "")
+           if study.scheduler.type == "asha" else "")
         + f"; {estimate['cpu_hours']:.2f} CPU hours, {estimate['gpu_hours']:.2f} GPU hours"
         + (" (ideal data-parallel speed-up)" if study.workers > 1 else ""))
     return estimate
@@ -303,7 +286,7 @@ def expected_epochs(study: Study) -> float:
     period, 1/r of them the next rung (grace x r), 1/r^2 the one after, and so on to the
     last epoch. Without a scheduler every trial runs every epoch."""
     epochs = int(study.base["epochs"])
-    if study.scheduler != "asha":
+    if study.scheduler.type != "asha":
         return float(epochs)
     expected, rung, survivors = 0.0, 0, 1.0
     milestone = float(study.grace_period)
@@ -338,16 +321,15 @@ def teacher_training_seconds(study: Study) -> float:
     loader = DataLoader(train, batch_size=recipe.batch_size, shuffle=True, drop_last=True)
     model = build_model(arch, spec.channels, spec.image_size, spec.num_classes)
     optimizer = torch.optim.SGD(model.parameters(), lr=recipe.lr, momentum=recipe.momentum)
-    timed = 20
+    batches = iter(loader)
+
+    def step() -> None:
+        images, labels = next(batches)
+        optimizer.zero_grad()
+        torch.nn.functional.cross_entropy(model(images), labels).backward()
+        optimizer.step()
+
     with torch_threads(recipe.threads):
-        batches = iter(loader)
-        started = None
-        for index in range(timed + 2):  # two warm-up batches
-            if index == 2:
-                started = time.perf_counter()
-            images, labels = next(batches)
-            optimizer.zero_grad()
-            torch.nn.functional.cross_entropy(model(images), labels).backward()
-            optimizer.step()
-        per_batch = (time.perf_counter() - started) / timed
+        step()  # with `_timed`'s own, two warm-up batches
+        per_batch = _timed(step, 20, cuda=False)
     return per_batch * len(loader) * recipe.epochs

@@ -37,7 +37,7 @@ import secrets
 from pathlib import Path
 from typing import Any
 
-from lrwa.errors import LrwaError
+from lrwa.errors import LrwaError, first_line
 from lrwa.tune.internals import (
     STORAGE_MARKER_FILE,
     TEMPORARY_PREFIXES,
@@ -46,7 +46,7 @@ from lrwa.tune.internals import (
     newest_experiment_state,
 )
 from lrwa.tune.layout import RAY_DIR, RAY_STATE_FILE
-from lrwa.tune.storage import StudyStore, first_line
+from lrwa.tune.storage import StudyStore
 
 KEY_ENV = "LRWA_STATE_KEY_FILE"
 KEY_BYTES = 32  # the HMAC key: 32 random bytes, stored as 64 hex digits
@@ -67,29 +67,24 @@ def _bad_key(path: Path, problem: str) -> LrwaError:
                      f"set by {KEY_ENV} or kept in ~/.config/lrwa/state.key")
 
 
-def _parse_key(path: Path, data: bytes) -> bytes:
-    """The key a file holds, refused in one line unless it is 64 or more hex digits:
-    an empty or short key would let anyone who can write the storage sign Ray's state."""
-    try:
-        text = data.decode("ascii").strip()
-        key = bytes.fromhex(text)
-    except (UnicodeDecodeError, ValueError):
-        raise _bad_key(path, "is not hex digits") from None
-    if len(key) < KEY_BYTES:
-        raise _bad_key(path, "is empty" if not key else
-                       f"holds {len(key)} bytes, fewer than {KEY_BYTES}")
-    return key
-
-
 def _read_key(path: Path) -> bytes | None:
+    """The key the file holds (None when there is no file), refused in one line unless it
+    is 64 or more hex digits: an empty or short key would let anyone who can write the
+    storage sign Ray's state."""
     try:
-        return _parse_key(path, path.read_bytes())
+        key = bytes.fromhex(path.read_bytes().decode("ascii").strip())
     except FileNotFoundError:
         return None
     except IsADirectoryError:
         raise _bad_key(path, "is a directory") from None
     except OSError as error:
         raise _bad_key(path, f"cannot be read ({first_line(error)})") from None
+    except ValueError:  # UnicodeDecodeError included
+        raise _bad_key(path, "is not hex digits") from None
+    if len(key) < KEY_BYTES:
+        raise _bad_key(path, "is empty" if not key else
+                       f"holds {len(key)} bytes, fewer than {KEY_BYTES}")
+    return key
 
 
 def signing_key(create: bool) -> bytes | None:
@@ -120,10 +115,6 @@ def _mac(key: bytes, versions: list[dict[str, str]]) -> str:
     return hmac.new(key, message, hashlib.sha256).hexdigest()
 
 
-def _read_record(store: StudyStore) -> dict[str, Any] | None:
-    return store.read_record(RAY_STATE_FILE, RECORD_FORMAT)
-
-
 def _digest_files(folder: Path) -> dict[str, str]:
     return {path.name: hashlib.sha256(path.read_bytes()).hexdigest()
             for path in sorted(folder.iterdir())
@@ -139,7 +130,7 @@ def record_state(store: StudyStore, staging: Path | None = None) -> None:
     tuner = store.digest(f"{RAY_DIR}/{TUNER_FILE}")
     if tuner is not None:
         files[TUNER_FILE] = tuner
-    record = _read_record(store)
+    record = store.read_record(RAY_STATE_FILE, RECORD_FORMAT)
     previous = record["versions"][-1:] if record and record.get("key") == key_id(key) else []
     if previous and previous[-1] == files:
         return
@@ -152,7 +143,7 @@ def record_state(store: StudyStore, staging: Path | None = None) -> None:
 def verify_state(store: StudyStore) -> None:
     """Refuse (LrwaError) Ray state under `ray/` that this study's driver did not write."""
     where = store.location(RAY_DIR)
-    record = _read_record(store)
+    record = store.read_record(RAY_STATE_FILE, RECORD_FORMAT)
     if record is None:
         raise LrwaError(f"{where} holds Ray state that lrwa never signed (no "
                         f"{RAY_STATE_FILE}); it cannot be trusted: pass --restart to move "

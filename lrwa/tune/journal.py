@@ -22,9 +22,12 @@ copied into the journal: the curve is in curves/.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
-from collections.abc import Callable, Mapping, Sequence
+import tempfile
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import optuna
@@ -32,6 +35,7 @@ from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import FrozenTrial, TrialState
 
+from lrwa.atomic import write_with
 from lrwa.errors import LrwaError
 from lrwa.tune.internals import is_journal_record, study_storage
 from lrwa.tune.layout import (
@@ -96,10 +100,7 @@ def pull_journal(store: StudyStore) -> None:
     if local.startswith(stored) and local.endswith(b"\n"):
         push_journal(store)
         return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    temporary.write_bytes(stored)
-    temporary.replace(path)
+    write_with(path, lambda sink: sink.write(stored))
 
 
 def push_journal(store: StudyStore) -> None:
@@ -153,17 +154,23 @@ def heal_journal(store: StudyStore, out: Callable[[str], None]) -> None:
         out(f"{store.location(OPTUNA_FILE)}: dropped a torn last record ({len(data) - kept} "
             "bytes, left by a crash while it was written)")
         data = data[:kept]
+    _refuse_damage(store, data)
+
+
+def _refuse_damage(store: StudyStore, data: bytes) -> None:
     for number, line in enumerate(data.splitlines(), start=1):
         if not is_journal_record(line):
             raise damaged_journal(store, f"line {number} is not an Optuna journal record")
 
 
-def open_optuna_study(store: StudyStore) -> optuna.Study | None:
-    """The study's Optuna study, or None when the journal holds none yet."""
-    if not store.journal_file().is_file():
+def open_optuna_study(store: StudyStore, path: Path | None = None) -> optuna.Study | None:
+    """The study's Optuna study, from its journal (or `path`, a copy of it), or None when
+    the journal holds none yet."""
+    path = path or store.journal_file()
+    if not path.is_file():
         return None
     try:
-        storage = journal_storage(store)
+        storage = JournalStorage(JournalFileBackend(str(path)))
         if not any(summary.study_name == store.name
                    for summary in storage.get_all_studies()):
             return None
@@ -172,6 +179,21 @@ def open_optuna_study(store: StudyStore) -> optuna.Study | None:
         # Records that each parse but do not replay (edited by hand, from another study).
         raise damaged_journal(store, f"Optuna cannot replay it: {type(error).__name__}") \
             from None
+
+
+@contextlib.contextmanager
+def journal_copy(store: StudyStore) -> Iterator[optuna.Study | None]:
+    """The Optuna study of the journal as the store holds it, read from a private copy (a
+    reader never takes the driver's locks) without a torn last record; None when there is
+    none yet. Any other damage is refused in one line."""
+    data = stored_journal(store) or b""
+    data = data[:data.rfind(b"\n") + 1]  # a torn last record is not yet a record
+    _refuse_damage(store, data)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    with tempfile.TemporaryDirectory(prefix="lrwa-journal-") as folder:
+        copy = Path(folder, OPTUNA_FILE)
+        copy.write_bytes(data)
+        yield open_optuna_study(store, copy)
 
 
 class TrialIndex:
@@ -226,20 +248,12 @@ class TrialIndex:
         internal = self.internal_id(trial_id)
         return None if internal is None else self.storage.get_trial(internal)
 
-    def all(self) -> dict[str, FrozenTrial]:
-        self._scan_new()
-        return {trial_id: self.storage.get_trial(internal)
-                for trial_id, internal in self._internal.items()}
-
 
 def lrwa_trials(optuna_study: optuna.Study) -> dict[str, FrozenTrial]:
     """The journal's trials by lrwa's trial id (trials never linked to one are left out)."""
-    found = {}
-    for trial in optuna_study.get_trials(deepcopy=False):
-        trial_id = trial.user_attrs.get(TRIAL_ID_ATTR)
-        if trial_id is not None:
-            found[str(trial_id)] = trial
-    return found
+    return {str(trial.user_attrs[TRIAL_ID_ATTR]): trial
+            for trial in optuna_study.get_trials(deepcopy=False)
+            if trial.user_attrs.get(TRIAL_ID_ATTR) is not None}
 
 
 def status_of(trial: FrozenTrial) -> str:

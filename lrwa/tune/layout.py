@@ -1,9 +1,10 @@
 """The names of a study's files and of its metrics: defined here once, imported by every
 writer and reader of a study.
 
-    STORAGE/<study>/study.json        the resolved study, its hash (guards resumption) and
-                                      the study file's own terms
-    STORAGE/<study>/study.yaml        the same, for people
+    STORAGE/<study>/study.json        the resolved study (`Study.to_dict`), its hash
+                                      (guards resumption) and the study as a file that
+                                      parses back to it (`Study.as_file`, for the views)
+    STORAGE/<study>/study.yaml        the resolved study again, for people
     STORAGE/<study>/optuna.journal    the Optuna study: every trial's state, parameters,
                                       objective and lrwa's trial id (the one record of
                                       trials; on an object store the driver works on a
@@ -19,6 +20,7 @@ writer and reader of a study.
     STORAGE/<study>/lock.json         the driver holding the study (`lock.py`)
     STORAGE/<study>/best_config.yaml, report/   written by `lrwa report`
     STORAGE/<study>/attempts/<time>/  what a start that Ray never recorded left
+    STORAGE/<study>.old-<time>/       a study that `--restart` moved aside
 """
 
 from __future__ import annotations

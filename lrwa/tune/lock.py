@@ -36,10 +36,6 @@ RENEW_S = 20.0
 SETTLE_S = 2.0
 
 
-def _now() -> str:
-    return datetime.datetime.now().astimezone().isoformat(timespec="seconds")
-
-
 def _lease(store: StudyStore) -> dict[str, Any] | None:
     data = store.read_bytes(LOCK_FILE)
     try:
@@ -71,8 +67,9 @@ def _hold_lease(store: StudyStore) -> Iterator[None]:
     if _alive(lease):
         raise _busy(store, lease)
     token = uuid.uuid4().hex
-    mine = {"host": socket.gethostname(), "pid": os.getpid(), "since": _now(),
-            "token": token, "renewed": time.time()}
+    since = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
+    mine = {"host": socket.gethostname(), "pid": os.getpid(), "since": since, "token": token,
+            "renewed": time.time()}
     store.write_bytes(LOCK_FILE, json.dumps(mine).encode())
     time.sleep(SETTLE_S)
     lease = _lease(store)

@@ -2,14 +2,12 @@
 study's curves, its trial table and the trial states in the Optuna journal.
 
 Each epoch a trial reports reaches `on_trial_result`, which appends it to the trial's
-rows (a replayed epoch e replaces the rows from e on) and prints one line; Ray keeps its
-own record of every report (`result.json`), from which a restarted driver and the views
-recover them. When Tune ends a trial, `_record_end` decides its status once (errored
-when it reported an error of the engine, completed when it reached the last epoch,
-stopped early otherwise), tells the journal (`journal.record_outcome`), writes the
-trial's curve file and updates its row of trials.parquet. A trial the journal
-already holds as finished is never changed again, so a result Ray replays after a
-restore from an older experiment state is ignored.
+rows in memory (a replayed epoch e replaces the rows from e on) and prints one line; a
+restarted driver recovers them from what Ray persisted (`views.ray_rows`). When Tune
+ends a trial, `_record_end` decides its status once, tells the journal
+(`journal.record_outcome`), writes the trial's curve file and updates its row of
+trials.parquet. A trial the journal holds as finished is never changed again, so a
+result Ray replays after a restore from an older experiment state is ignored.
 
 A trial that fails outside the engine (its process, node or disk: Ray retried it from
 its last checkpoint and gave up) is not told to the journal as failed: it stays
@@ -17,10 +15,9 @@ unfinished, with its error noted, and the next rerun resumes it from its last
 checkpoint (Tune's `resume_errored`), so a full disk or a lost node never becomes a
 permanent verdict on a configuration.
 
-Every event costs the same however large the study: trials are found through an
-index (`journal.TrialIndex`), an epoch is appended in memory, and trials.parquet is rewritten only
-when the rows changed since the last write reach an eighth of the table, and at the
-end of the experiment (readers heal it in between, `views.heal_views`).
+Every event costs the same however large the study: trials are found through
+`journal.TrialIndex`, and trials.parquet is rewritten only as `TABLE_REWRITE_SHARE`
+says and at the end of the experiment (readers heal it in between, `views.heal_views`).
 
 Tune pickles this callback with the Tuner and brings the pickled copy back on restore,
 so it holds only plain values; what belongs to one invocation (where lines go) is
@@ -41,6 +38,7 @@ from typing import Any
 from optuna.trial import TrialState
 from ray.tune import Callback
 
+from lrwa.tune.commands import Printer, print_line
 from lrwa.tune.journal import (
     TrialIndex,
     compact_journal,
@@ -74,12 +72,6 @@ from lrwa.tune.storage import StudyStore
 from lrwa.tune.study import Study
 from lrwa.tune.views import ray_rows, read_table_rows, trial_record
 
-Printer = Callable[[str], None]
-
-
-def print_line(line: str) -> None:
-    print(line, flush=True)
-
 
 @dataclasses.dataclass
 class Session:
@@ -96,11 +88,10 @@ class Session:
     on_started: Callable[[], None] | None = None  # called once Tune's experiment exists
 
     def start_budget(self) -> None:
-        if self.budget_s is None or self.timer is not None:
-            return
-        self.timer = threading.Timer(self.budget_s, self._stop)
-        self.timer.daemon = True
-        self.timer.start()
+        if self.budget_s is not None and self.timer is None:
+            self.timer = threading.Timer(self.budget_s, self._stop)
+            self.timer.daemon = True
+            self.timer.start()
 
     def _stop(self) -> None:
         self.budget_hit = True
@@ -147,7 +138,6 @@ class StudyRecorder(Callback):
         self.study = study
         self.store = store
         self._rows: dict[str, list[dict[str, Any]]] = {}
-        self._settings: dict[str, dict[str, Any]] = {}
         self._numbers: dict[str, int] = {}
         self._optuna: Any = None
         self._index: TrialIndex | None = None
@@ -186,11 +176,6 @@ class StudyRecorder(Callback):
             self._rows[trial_id] = read_curve_rows(self.store, trial_id) or ray_rows(
                 self.store, trial_id)
         return self._rows[trial_id]
-
-    def _settings_of(self, trial: Any) -> dict[str, Any]:
-        if trial.trial_id not in self._settings:
-            self._settings[trial.trial_id] = self.study.trial_settings(trial.config)
-        return self._settings[trial.trial_id]
 
     def _label(self, trial: Any, trials: list[Any]) -> str:
         if trial.trial_id not in self._numbers:
@@ -258,14 +243,6 @@ class StudyRecorder(Callback):
 
     # -- a trial's end, once ----------------------------------------------------------
 
-    def _decide(self, trial: Any) -> tuple[str, str | None]:
-        result = trial.last_result or {}
-        if result.get(ERROR_KEY):
-            return ERRORED, str(result[ERROR_KEY])
-        rows = self._rows_of(trial.trial_id)
-        done = bool(rows) and int(rows[-1]["epoch"]) >= self.study.epochs
-        return (COMPLETED if done else STOPPED_EARLY), None
-
     def _record_end(self, trial: Any, trials: list[Any], failure: str | None) -> None:
         journal_trial = self._journal_trial(trial.trial_id)
         if journal_trial is None or journal_trial.state.is_finished():
@@ -279,28 +256,27 @@ class StudyRecorder(Callback):
             self._update_row(trial.trial_id)
             push_journal(self.store)
             return
-        status, error = self._decide(trial)
-        attrs: dict[str, Any] = {}
-        if error:
-            attrs[ERROR_ATTR] = error
-        teacher_acc = (trial.last_result or {}).get("teacher_acc")
-        if teacher_acc is not None:
-            attrs["teacher_acc"] = float(teacher_acc)
+        result = trial.last_result or {}
+        error = str(result[ERROR_KEY]) if result.get(ERROR_KEY) else None
+        rows = self._rows_of(trial.trial_id)
+        done = bool(rows) and int(rows[-1]["epoch"]) >= self.study.epochs
+        status = ERRORED if error else COMPLETED if done else STOPPED_EARLY
+        attrs: dict[str, Any] = {ERROR_ATTR: error} if error else {}
+        if result.get("teacher_acc") is not None:
+            attrs["teacher_acc"] = float(result["teacher_acc"])
         if trial.checkpoint is not None:  # the run folder of its last epoch: student.pt
             attrs[RUN_DIR_ATTR] = f"{RAY_DIR}/{trial.trial_id}/{Path(trial.checkpoint.path).name}"
-        rows = self._rows_of(trial.trial_id)
-        summary = curve_summary(rows, self._settings_of(trial)["warmup_epochs"])
+        settings = self.study.trial_settings(trial.config)
+        summary = curve_summary(rows, settings["warmup_epochs"])
         status = record_outcome(self.index, trial.trial_id, status, summary,
                                 self.study.objectives, attrs)
         if rows:
-            write_curve(self.store, trial.trial_id, self.study.searched,
-                        self._settings_of(trial), rows)
+            write_curve(self.store, trial.trial_id, self.study.searched, settings, rows)
         numbers = (f": best {_percent(summary['best_acc'])}  mean "
                    f"{_percent(summary['mean_acc'])}" if status != ERRORED else f": {error}")
         self.out(f"{self._label(trial, trials)}  {status}{numbers}")
         self._update_row(trial.trial_id)
         self._rows.pop(trial.trial_id, None)
-        self._settings.pop(trial.trial_id, None)
         push_journal(self.store)
 
     def record_restored_end(self, trial_id: str, params: dict[str, Any],
@@ -312,9 +288,8 @@ class StudyRecorder(Callback):
 
         trial = types.SimpleNamespace(trial_id=trial_id, config=params,
                                       last_result=last_result, checkpoint=None)
-        persisted = ray_rows(self.store, trial_id)
-        if len(persisted) > len(self._rows_of(trial_id)):
-            self._rows[trial_id] = persisted
+        self._rows[trial_id] = max(self._rows_of(trial_id), ray_rows(self.store, trial_id),
+                                   key=len)
         self._record_end(trial, [], failure=None)
 
     def _fail_lost(self, trials: list[Any]) -> None:

@@ -22,7 +22,6 @@ import io
 import json
 import math
 import sys
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
@@ -33,13 +32,7 @@ import yaml
 
 from lrwa.errors import LrwaError
 from lrwa.plot_axes import accuracy_axis, chance_percent
-from lrwa.tune.layout import (
-    BEST_CONFIG,
-    COMPLETED,
-    OPTUNA_FILE,
-    REPORT_DIR,
-    STOPPED_EARLY,
-)
+from lrwa.tune.layout import BEST_CONFIG, COMPLETED, REPORT_DIR, STOPPED_EARLY
 from lrwa.tune.results import open_results, read_study_record
 from lrwa.tune.storage import StudyStore
 from lrwa.tune.study import VARIANT
@@ -103,42 +96,37 @@ def best_config(trials: pd.DataFrame, objectives: list[dict[str, str]]) -> tuple
 
 # -- plots ---------------------------------------------------------------------------------
 
-def _pyplot() -> Any:
+def _figure(width: float, height: float) -> tuple[Any, Any]:
     import matplotlib
 
     matplotlib.use("Agg")  # no display on clusters and CI
     import matplotlib.pyplot as plt
 
-    return plt
-
-
-def _integer_axis(axis: Any) -> None:
-    """Whole numbers only, written out (no 1.5 epochs, no 1e3 buffer sizes)."""
-    from matplotlib.ticker import MaxNLocator, ScalarFormatter
-
-    axis.set_major_locator(MaxNLocator(integer=True))
-    formatter = ScalarFormatter()
-    formatter.set_scientific(False)
-    axis.set_major_formatter(formatter)
+    return plt.subplots(figsize=(width, height))
 
 
 def _save(store: StudyStore, figure: Any, name: str) -> str:
+    import matplotlib.pyplot as plt
+
     buffer = io.BytesIO()
     figure.tight_layout()
     figure.savefig(buffer, format="png", dpi=110)
-    _pyplot().close(figure)
+    plt.close(figure)
     relative = f"{REPORT_DIR}/{name}"
     store.write_bytes(relative, buffer.getvalue())
     return relative
 
 
-def _finish(axis: Any, xlabel: str, ylabel: str, title: str, legend: float | None) -> None:
+def _finish(axis: Any, xlabel: str, ylabel: str, title: str, legend_size: float) -> None:
+    from matplotlib.ticker import MaxNLocator
+
+    if xlabel == "epoch":
+        axis.xaxis.set_major_locator(MaxNLocator(integer=True))  # no epoch 1.5
     axis.set_xlabel(xlabel)
     axis.set_ylabel(ylabel)
     axis.set_title(title)
     axis.grid(alpha=0.3)
-    if legend is not None:
-        axis.legend(fontsize=legend)
+    axis.legend(fontsize=legend_size)
 
 
 def metric_label(metric: str) -> str:
@@ -155,10 +143,8 @@ def metric_values(metric: str, values: Any) -> Any:
 
 
 def show_value(value: Any) -> str:
-    if isinstance(value, (float, np.floating)) and not float(value).is_integer():
-        return f"{value:.3g}"
     if isinstance(value, (float, np.floating)):
-        return str(int(value))
+        return str(int(value)) if float(value).is_integer() else f"{value:.3g}"
     return str(value)
 
 
@@ -197,19 +183,17 @@ def plot_top_curves(store: StudyStore, curves: pd.DataFrame, ranked: pd.DataFram
                     searched: list[str], top: int, chance: float | None = None) -> str | None:
     if curves.empty or ranked.empty:
         return None
-    plt = _pyplot()
-    figure, axis = plt.subplots(figsize=(8, 4.5))
+    figure, axis = _figure(8, 4.5)
     drawn: list[float] = []
-    for _, row in ranked.head(top).iterrows():
+    shown = ranked.head(top)
+    for _, row in shown.iterrows():
         curve = curves[curves["trial_id"] == row["trial_id"]].dropna(subset=["test_acc"])
         stopped = row["status"] != COMPLETED
         axis.plot(curve["epoch"], 100 * curve["test_acc"], marker="v" if stopped else "o",
                   markersize=3, linestyle="--" if stopped else "-",
                   label=trial_label(row, searched))
         drawn.extend(100 * curve["test_acc"])
-    _integer_axis(axis.xaxis)
     accuracy_axis(axis, drawn, chance)
-    shown = ranked.head(top)
     dashed = " (dashed: stopped early)" if (shown["status"] != COMPLETED).any() else ""
     _finish(axis, "epoch", "test accuracy (%)",
             f"learning curves of the top {len(shown)} trials{dashed}", 7)
@@ -218,16 +202,12 @@ def plot_top_curves(store: StudyStore, curves: pd.DataFrame, ranked: pd.DataFram
 
 def plot_curves_by_mode(store: StudyStore, curves: pd.DataFrame, trials: pd.DataFrame,
                         chance: float | None = None) -> str | None:
-    """Each mode / replay's trials (thin) and the mean of its completed trials (thick).
-
-    The mean covers one fixed set, the trials that ran every epoch, so its population does
-    not shrink along the curve as ASHA stops trials; stopped-early trials are drawn dashed
-    and left out of it."""
+    """Each mode / replay's trials (thin; stopped early: dashed) and the mean of its
+    completed trials (thick), a fixed set, so the mean does not jump as ASHA stops trials."""
     if curves.empty:
         return None
-    plt = _pyplot()
     statuses = dict(zip(trials["trial_id"], trials["status"], strict=True))
-    figure, axis = plt.subplots(figsize=(8, 4.5))
+    figure, axis = _figure(8, 4.5)
     groups = curves.dropna(subset=["test_acc"]).groupby(["mode", "replay"])
     for index, ((mode, replay), group) in enumerate(groups):
         colour = f"C{index % 10}"
@@ -248,7 +228,6 @@ def plot_curves_by_mode(store: StudyStore, curves: pd.DataFrame, trials: pd.Data
         else:
             axis.plot([], [], color=colour, linestyle="--",
                       label=f"{mode} / {replay}: no completed trial to average{aside}")
-    _integer_axis(axis.xaxis)
     accuracy_axis(axis, 100 * curves["test_acc"].dropna(), chance)
     _finish(axis, "epoch", "test accuracy (%)", "learning curves by mode and replay", 8)
     return _save(store, figure, "learning_curves_by_mode.png")
@@ -292,8 +271,7 @@ def plot_alpha_ratio(store: StudyStore, ranked: pd.DataFrame, metric: str) -> st
     if ranked.empty or "alpha" not in ranked or "replay_ratio" not in ranked or (
             ranked["alpha"].nunique() < 2 and ranked["replay_ratio"].nunique() < 2):
         return None
-    plt = _pyplot()
-    figure, axis = plt.subplots(figsize=(7, 4.5))
+    figure, axis = _figure(7, 4.5)
     completed, stopped = _split(ranked)
     if not completed.empty:
         points = axis.scatter(completed["alpha"], completed["replay_ratio"],
@@ -316,8 +294,7 @@ def plot_buffer_size(store: StudyStore, ranked: pd.DataFrame, metric: str,
                      chance: float | None = None) -> str | None:
     if ranked.empty or "buffer_size" not in ranked or ranked["buffer_size"].nunique() < 2:
         return None
-    plt = _pyplot()
-    figure, axis = plt.subplots(figsize=(7, 4.5))
+    figure, axis = _figure(7, 4.5)
     completed, stopped = _split(ranked)
     for index, (mode, group) in enumerate(completed.groupby("mode")):
         axis.scatter(group["buffer_size"], metric_values(metric, group[metric]),
@@ -361,26 +338,18 @@ def importances_refusal(trials: list[Any], objective: Any) -> str:
     return ""
 
 
-def parameter_importances(store: StudyStore, name: str, multi_objective: bool
+def parameter_importances(store: StudyStore, multi_objective: bool
                           ) -> tuple[dict[str, float] | None, str]:
     """Optuna's importances of the varied searched keys and a line saying over what, or
     None and the reason: too few completed trials (`MIN_IMPORTANCE_TRIALS`), fewer than
     two parameters that took two values, or one objective value for all."""
     import optuna
-    from optuna.storages import JournalStorage
-    from optuna.storages.journal import JournalFileBackend
 
-    from lrwa.tune.journal import stored_journal
+    from lrwa.tune.journal import journal_copy
 
-    data = stored_journal(store)  # an object store's journal may be in parts
-    if data is None:
-        return None, "no Optuna journal in the study"
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    with tempfile.TemporaryDirectory(prefix="lrwa-journal-") as folder:
-        copy = Path(folder, OPTUNA_FILE)
-        copy.write_bytes(data)  # a reader's copy: Optuna's file backend takes locks
-        study = optuna.load_study(study_name=name,
-                                  storage=JournalStorage(JournalFileBackend(str(copy))))
+    with journal_copy(store) as study:
+        if study is None:
+            return None, "no Optuna journal in the study"
         completed = study.get_trials(deepcopy=False,
                                      states=(optuna.trial.TrialState.COMPLETE,))
         first = (lambda trial: trial.values[0]) if multi_objective else (
@@ -402,8 +371,7 @@ def parameter_importances(store: StudyStore, name: str, multi_objective: bool
 
 
 def plot_importances(store: StudyStore, importances: dict[str, float], basis: str) -> str:
-    plt = _pyplot()
-    figure, axis = plt.subplots(figsize=(6, 1.2 + 0.45 * len(importances)))
+    figure, axis = _figure(6, 1.2 + 0.45 * len(importances))
     names = list(importances)[::-1]
     axis.barh(names, [importances[name] for name in names], color="C0")
     axis.set_xlabel("importance (Optuna, fANOVA; shares sum to 1)")
@@ -482,7 +450,7 @@ def write_report(location: str | Path, top: int = 5, plots: bool = True,
              plot_curves_by_mode(store, curves, trials, chance),
              plot_alpha_ratio(store, ranked, metric),
              plot_buffer_size(store, ranked, metric, chance)]
-    importances, note = parameter_importances(store, study["name"], len(objectives) > 1)
+    importances, note = parameter_importances(store, len(objectives) > 1)
     if importances:
         drawn.append(plot_importances(store, importances, note))
         result["importances"] = importances

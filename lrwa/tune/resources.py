@@ -14,6 +14,7 @@ largest cluster holds, so an autoscaling cluster's pending trials start its node
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 
 from lrwa.errors import LrwaError
@@ -47,12 +48,6 @@ def resources_per_trial(study: Study) -> dict[str, float]:
             "GPU": study.workers * study.gpus}
 
 
-def _one_node(capacity: Capacity | Mapping[str, float]) -> Capacity:
-    if isinstance(capacity, Capacity):
-        return capacity
-    return Capacity((NodeType("the cluster", dict(capacity), 1),), "the resources given")
-
-
 def _refuse_unplaceable(study: Study, bundle: dict[str, float], capacity: Capacity,
                         what: str) -> None:
     """An LrwaError unless one node type holds `bundle` (one trial or worker never spans
@@ -75,7 +70,8 @@ def check_cluster(study: Study, capacity: Capacity | Mapping[str, float]) -> int
 
     `capacity` is the cluster's (`lrwa.ray_capacity.cluster_capacity`), or a mapping
     of resources taken as one node."""
-    capacity = _one_node(capacity)
+    if not isinstance(capacity, Capacity):
+        capacity = Capacity((NodeType("the cluster", dict(capacity), 1),), "the resources given")
     concurrency = min(study.max_concurrent, study.trials)
     if study.workers == 1:
         bundle = trial_bundles(study)[0]
@@ -96,8 +92,6 @@ def check_cluster(study: Study, capacity: Capacity | Mapping[str, float]) -> int
 def capacity_line(study: Study) -> str:
     """The dry run's line on the cluster: joined (and left) only where RAY_ADDRESS names
     one; else the head's bootstrap config where this is a head; else this machine."""
-    import os
-
     from lrwa.ray_capacity import BOOTSTRAP_CONFIG, cluster_capacity, from_ray_up_config
 
     if os.environ.get("RAY_ADDRESS"):

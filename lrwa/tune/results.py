@@ -28,7 +28,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from lrwa.errors import LrwaError
+from lrwa.errors import LrwaError, first_line
 from lrwa.summary import curve_statistics
 from lrwa.tune.layout import (
     CURVES_DIR,
@@ -40,7 +40,7 @@ from lrwa.tune.layout import (
     VERSION_KEYS,
     probe_columns,
 )
-from lrwa.tune.storage import StudyStore, first_line, open_study_location
+from lrwa.tune.storage import StudyStore, open_study_location
 from lrwa.tune.study import VARIANT, field_kind
 
 Row = Mapping[str, Any]

@@ -27,6 +27,7 @@ from lrwa.errors import LrwaError
 from lrwa.provenance import versions
 from lrwa.ray_capacity import cluster_capacity
 from lrwa.run import Evaluation, resolve_teacher
+from lrwa.tune.commands import Printer, print_line
 from lrwa.tune.integrity import record_state, restored_trials, signing_key, verify_state
 from lrwa.tune.internals import ENDED_STATUS, STRICT_METRIC_SWITCH
 from lrwa.tune.journal import (
@@ -54,12 +55,12 @@ from lrwa.tune.layout import (
     UNFINISHED,
 )
 from lrwa.tune.lock import hold_study
-from lrwa.tune.recorder import SESSIONS, Printer, Session, StudyRecorder, print_line
+from lrwa.tune.recorder import SESSIONS, Session, StudyRecorder
 from lrwa.tune.resources import check_cluster, trial_bundles
 from lrwa.tune.results import read_study_record
 from lrwa.tune.space import build_sampler, optuna_space
 from lrwa.tune.storage import StudyStore, open_store
-from lrwa.tune.study import Study, _raw_of
+from lrwa.tune.study import Study
 from lrwa.tune.trainable import FaultPlan, TrialContext, train_trial
 
 # A trial whose process or node dies is retried from its last checkpoint this often.
@@ -76,16 +77,11 @@ class StudyOutcome:
     budget_stopped: bool     # this invocation's time budget ran out
     ran: bool                # False when the study was already complete
 
-    @property
-    def interrupted(self) -> bool:
-        return not self.complete
-
 
 # -- the study folder ----------------------------------------------------------------------
 
 def prepare_study(study: Study, store: StudyStore, restart: bool, out: Printer) -> None:
     """Record the study in its folder, or check that the folder holds this very study."""
-    store.check_writable()
     for relative in [*store.list_files("", recursive=False), *store.list_files(CURVES_DIR)]:
         name = relative.rpartition("/")[2]
         if name.startswith(".") and name.endswith(".tmp"):
@@ -114,7 +110,7 @@ def prepare_study(study: Study, store: StudyStore, restart: bool, out: Printer) 
              "source": study.source, "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
              "versions": versions(), "study": study.to_dict(),
              # The file's own terms, which `views.py` parses back to rebuild rows.
-             "file": _raw_of(study)}, indent=2).encode())
+             "file": study.as_file()}, indent=2).encode())
 
 
 def _set_aside_unrestorable(store: StudyStore, out: Printer) -> None:
@@ -128,16 +124,7 @@ def _set_aside_unrestorable(store: StudyStore, out: Printer) -> None:
         return
     aside = f"attempts/{time.strftime('%Y%m%d-%H%M%S')}"
     for name in leftovers:
-        if store.remote:
-            import pyarrow.fs as pafs
-
-            pafs.copy_files(store.path(name), store.path(f"{aside}/{name}"),
-                            source_filesystem=store.filesystem,
-                            destination_filesystem=store.filesystem)
-            store.delete(name)
-        else:
-            store.local_path(aside).mkdir(parents=True, exist_ok=True)
-            store.local_path(name).rename(store.local_path(f"{aside}/{name}"))
+        store.move(name, store.path(f"{aside}/{name}"))
     out(f"an earlier start stopped before Ray recorded anything; its files are in "
         f"{store.location(aside)}")
 
@@ -223,9 +210,7 @@ def _one_new_experiment_per_second() -> Iterator[Callable[[], None]]:
     finally:
         if timer.is_alive():
             timer.join()
-        elif not timer.finished.is_set():
-            fcntl.flock(handle, fcntl.LOCK_UN)
-        os.close(handle)
+        os.close(handle)  # lets go of the lock if the timer has not
 
 
 def _trial_name(trial: Any) -> str:
@@ -263,7 +248,7 @@ def build_tuner(study: Study, store: StudyStore, teacher: Any, concurrency: int,
         tune.with_parameters(train_trial, context=context, teacher=teacher,
                              evaluation=Evaluation.load(teacher.spec.name, study.base_config())),
         tune.PlacementGroupFactory(trial_bundles(study)))
-    storage_path, filesystem = store.ray_storage()
+    storage_path, filesystem = store.path(), store.filesystem
     experiment = f"{storage_path}/{RAY_DIR}"
     if tune.Tuner.can_restore(experiment, storage_filesystem=filesystem):
         verify_state(store)
@@ -283,7 +268,7 @@ def build_tuner(study: Study, store: StudyStore, teacher: Any, concurrency: int,
         points_to_evaluate=[dict(point) for point in study.points_to_evaluate] or None,
         sampler=build_sampler(study), study_name=store.name, storage=journal_storage(store))
     scheduler = None
-    if study.scheduler == "asha":
+    if study.scheduler.type == "asha":
         # Our own epoch count, not Tune's training_iteration: it survives any restore.
         scheduler = ASHAScheduler(time_attr="epoch", metric=metrics[0], mode=modes[0],
                                   max_t=study.epochs, grace_period=study.grace_period,
@@ -308,24 +293,17 @@ def build_tuner(study: Study, store: StudyStore, teacher: Any, concurrency: int,
 
 # -- the whole study ---------------------------------------------------------------------------
 
-def _ended(store: StudyStore, study: Study) -> tuple[bool, frozenset[str]]:
-    """(every trial of the budget has ended, the ids of the trials that have ended)."""
+def _ended(store: StudyStore, study: Study) -> tuple[bool, frozenset[str], dict[str, int]]:
+    """From the journal: (every trial of the budget has ended, the ids of the trials that
+    have ended, how many trials hold each status)."""
     optuna_study = open_optuna_study(store)
-    if optuna_study is None:
-        return False, frozenset()
-    trials = lrwa_trials(optuna_study)
+    trials = lrwa_trials(optuna_study) if optuna_study else {}
     ended = frozenset(trial_id for trial_id, trial in trials.items()
                       if trial.state.is_finished())
-    return len(ended) >= study.trials and len(ended) == len(trials), ended
-
-
-def _statuses(store: StudyStore) -> dict[str, int]:
-    """How many trials hold each status, from the journal."""
     counts = dict.fromkeys(STATUSES, 0)
-    optuna_study = open_optuna_study(store)
-    for trial in (lrwa_trials(optuna_study) if optuna_study else {}).values():
+    for trial in trials.values():
         counts[status_of(trial)] += 1
-    return counts
+    return len(ended) >= max(study.trials, 1) and len(ended) == len(trials), ended, counts
 
 
 def _check_records(study: Study, store: StudyStore, out: Printer) -> None:
@@ -371,9 +349,9 @@ def run_study(study: Study, storage: str | os.PathLike[str] = DEFAULT_STORAGE,
         prepare_study(study, store, restart, out)
         pull_journal(store)
         _check_records(study, store, out)
-        complete, ended = _ended(store, study)
+        complete, ended, counts = _ended(store, study)
         if complete:
-            return StudyOutcome(store, True, _statuses(store), True, False, ran=False)
+            return StudyOutcome(store, True, counts, True, False, ran=False)
         session = Session(out=out, budget_s=study.time_budget_s)
         SESSIONS[store.location()] = session
         started_ray = ensure_ray()
@@ -400,9 +378,8 @@ def run_study(study: Study, storage: str | os.PathLike[str] = DEFAULT_STORAGE,
             SESSIONS.pop(store.location(), None)
             if started_ray:
                 ray.shutdown()
-        complete, _ = _ended(store, study)
-        return StudyOutcome(store, resumed, _statuses(store), complete, session.budget_hit,
-                            ran=True)
+        complete, _, counts = _ended(store, study)
+        return StudyOutcome(store, resumed, counts, complete, session.budget_hit, ran=True)
 
 
 def summarise(outcome: StudyOutcome, study: Study) -> list[str]:

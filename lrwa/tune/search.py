@@ -56,25 +56,20 @@ class StudySearch(OptunaSearch):
     def suggest(self, trial_id: str) -> dict[str, Any] | None:
         trials = searcher_trials(self)
         if trial_id not in trials and self._adopting_for is not None:
-            if self._lost is None:
-                # Known: what this searcher asked for and every trial Tune restored. Its own
-                # state can be older than Tune's (the two files are uploaded one after the
-                # other), and a trial Tune restored must never be handed on a second time.
+            if self._lost is None:  # known: Tune's restored trials too (module docstring)
                 self._lost = lost_trials(searcher_study(self),
                                          known=set(trials) | self._restored_trials)
             if self._lost:
-                self._adopt(self._lost.pop(0), trial_id)
+                lost = self._lost.pop(0)
+                previous = lost.user_attrs.get(TRIAL_ID_ATTR)
+                if previous is not None:
+                    delete_curve(self._adopting_for, str(previous))
+                adopt_trial(self, trial_id, lost.number)
         params = super().suggest(trial_id)
         journal_trial = searcher_trials(self)[trial_id]
         if journal_trial.user_attrs.get(TRIAL_ID_ATTR) != trial_id:
             journal_trial.set_user_attr(TRIAL_ID_ATTR, trial_id)
         return params
-
-    def _adopt(self, lost: FrozenTrial, trial_id: str) -> None:
-        previous = lost.user_attrs.get(TRIAL_ID_ATTR)
-        if previous is not None and self._adopting_for is not None:
-            delete_curve(self._adopting_for, str(previous))
-        adopt_trial(self, trial_id, lost.number)
 
     def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
         """The recorder tells the journal how the trial ended, from its whole curve."""

@@ -19,10 +19,10 @@ from optuna.distributions import (
     IntDistribution,
 )
 
-from lrwa.tune.study import Parameter, Study
+from lrwa.tune.study import SpaceEntry, Study
 
 
-def distribution(parameter: Parameter) -> BaseDistribution:
+def distribution(parameter: SpaceEntry) -> BaseDistribution:
     if parameter.type == "categorical":
         return CategoricalDistribution(list(parameter.choices))
     if parameter.type == "int":
@@ -32,18 +32,18 @@ def distribution(parameter: Parameter) -> BaseDistribution:
 
 
 def optuna_space(study: Study) -> dict[str, BaseDistribution]:
-    return {parameter.name: distribution(parameter) for parameter in study.space}
+    return {name: distribution(parameter) for name, parameter in study.space.items()}
 
 
 def build_sampler(study: Study) -> optuna.samplers.BaseSampler:
     """TPE (multivariate, so correlated keys such as buffer size and ratio are modelled
     jointly), random search, or every point of a categorical grid once; all seeded from
     the study's seed."""
-    if study.sampler == "grid":
+    if study.sampler.type == "grid":
         return optuna.samplers.GridSampler(
-            {parameter.name: list(parameter.choices) for parameter in study.space},
+            {name: list(parameter.choices) for name, parameter in study.space.items()},
             seed=study.seed)
-    if study.sampler == "random":
+    if study.sampler.type == "random":
         return optuna.samplers.RandomSampler(seed=study.seed)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
@@ -53,7 +53,7 @@ def build_sampler(study: Study) -> optuna.samplers.BaseSampler:
 
 def describe_space(study: Study) -> list[tuple[str, str]]:
     """(key, human-readable distribution) pairs for the dry run and the report."""
-    return [(parameter.name, parameter.describe()) for parameter in study.space]
+    return [(name, parameter.describe()) for name, parameter in study.space.items()]
 
 
 def to_python(value: Any) -> Any:

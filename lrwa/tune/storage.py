@@ -4,8 +4,7 @@ Every study-level file is read and written straight in the storage through
 `pyarrow.fs`; there is no local mirror. In a folder a file is written to a
 temporary name and renamed, so readers see it whole or not at all; an object
 store makes an object visible only when its upload completes. Ray Tune writes its
-own experiment state and each trial's checkpoints under `ray/` of the same place
-(`StudyStore.ray_storage`).
+own experiment state and each trial's checkpoints under `ray/` of the same place.
 
 Credentials for object stores come only from the provider's chain (environment,
 profile, instance role), never from lrwa's files or logs; another S3-compatible
@@ -27,18 +26,14 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from lrwa.errors import LrwaError
+from lrwa.atomic import write_with
+from lrwa.errors import LrwaError, first_line
 
 REMOTE_SCHEMES = ("s3", "gs", "gcs")
 
 
 def is_remote(uri: str | os.PathLike[str]) -> bool:
     return urlsplit(str(uri)).scheme in REMOTE_SCHEMES
-
-
-def first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0][:300] if text else type(error).__name__
 
 
 def redact(uri: str) -> str:
@@ -70,21 +65,6 @@ def storage_uri(storage: str | os.PathLike[str]) -> str:
         raise LrwaError(f"storage {text!r}: unsupported scheme (use a folder, file://, or "
                         f"one of {', '.join(s + '://' for s in REMOTE_SCHEMES)})")
     return str(Path(text).expanduser().resolve())
-
-
-def split_study_uri(location: str) -> tuple[str, str]:
-    """A study's own location -> (its storage, its name): `s3://b/p/<study>?q` gives
-    (`s3://b/p?q`, study); a folder `DIR/<study>` gives (DIR, study)."""
-    if not is_remote(location):
-        path = Path(storage_uri(location))
-        return str(path.parent), path.name
-    parts = urlsplit(location)
-    parent, _, name = parts.path.rstrip("/").rpartition("/")
-    if not name or not parts.netloc:
-        raise LrwaError(f"{redact(location)} does not name a study (expected "
-                        f"{parts.scheme}://bucket/prefix/<study>)")
-    query = f"?{parts.query}" if parts.query else ""
-    return f"{parts.scheme}://{parts.netloc}{parent}{query}", name
 
 
 @dataclasses.dataclass(frozen=True)
@@ -157,26 +137,15 @@ class StudyStore:
             raise self._fail("read", relative, error) from None
 
     def write_bytes(self, relative: str, data: bytes) -> None:
-        """Replace the file whole (a temporary name and a rename in a folder)."""
-        fs = self.filesystem
+        """Replace the file whole (in a folder, through `lrwa.atomic`)."""
         target = self.path(relative)
         try:
-            fs.create_dir(target.rpartition("/")[0], recursive=True)
-            if self.remote:
-                with fs.open_output_stream(target) as sink:
-                    sink.write(data)
+            if not self.remote:
+                write_with(target, lambda sink: sink.write(data))
                 return
-            folder, _, name = target.rpartition("/")
-            temporary = f"{folder}/.{name}.{uuid.uuid4().hex[:8]}.tmp"
-            try:
-                with fs.open_output_stream(temporary) as sink:
-                    sink.write(data)
-                with open(temporary, "rb+") as written:
-                    os.fsync(written.fileno())
-                fs.move(temporary, target)
-            finally:
-                if Path(temporary).exists():
-                    Path(temporary).unlink()
+            self.filesystem.create_dir(target.rpartition("/")[0], recursive=True)
+            with self.filesystem.open_output_stream(target) as sink:
+                sink.write(data)
         except OSError as error:
             raise self._fail("write", relative, error) from None
 
@@ -238,32 +207,33 @@ class StudyStore:
         self.write_bytes(probe, b"ok")
         self.delete(probe)
 
-    def move_aside(self, label: str = "old") -> str:
-        """Move the study to `<name>.<label>-<time>` (an object store copies, then deletes:
-        it has no rename); returns where it went. Nothing is deleted before it is copied."""
+    def move(self, relative: str, target: str) -> None:
+        """Move a file or folder of the study to `target`, a path of the same filesystem (an
+        object store copies, then deletes: it has no rename)."""
         import pyarrow.fs as pafs
 
-        stamp = time.strftime("%Y%m%d-%H%M%S")
-        aside = dataclasses.replace(self, name=f"{self.name}.{label}-{stamp}")
-        counter = 1
-        while aside.exists():
-            aside = dataclasses.replace(self, name=f"{self.name}.{label}-{stamp}-{counter}")
-            counter += 1
         fs = self.filesystem
         try:
+            fs.create_dir(target.rpartition("/")[0], recursive=True)
             if self.remote:
-                pafs.copy_files(self.path(), aside.path(), source_filesystem=fs,
+                pafs.copy_files(self.path(relative), target, source_filesystem=fs,
                                 destination_filesystem=fs)
-                fs.delete_dir(self.path())
+                self.delete(relative)
             else:
-                fs.move(self.path(), aside.path())
+                fs.move(self.path(relative), target)
         except OSError as error:
-            raise self._fail("move aside", "", error) from None
-        return aside.location()
+            raise self._fail("move", relative, error) from None
 
-    def ray_storage(self) -> tuple[str, Any]:
-        """(storage_path, storage_filesystem) for Ray Tune's RunConfig and Tuner.restore."""
-        return self.path(), self.filesystem
+    def move_aside(self) -> str:
+        """Move the study to `<name>.old-<time>`; returns where it went."""
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        aside = dataclasses.replace(self, name=f"{self.name}.old-{stamp}")
+        counter = 1
+        while aside.exists():
+            aside = dataclasses.replace(self, name=f"{self.name}.old-{stamp}-{counter}")
+            counter += 1
+        self.move("", aside.path())
+        return aside.location()
 
     def journal_file(self) -> Path:
         """The local file Optuna's journal backend writes: the study's own file in a folder
@@ -284,6 +254,16 @@ def open_store(storage: str | os.PathLike[str], name: str) -> StudyStore:
 
 
 def open_study_location(location: str | os.PathLike[str]) -> StudyStore:
-    """The store of an existing study given its own folder or URI (for `lrwa report`)."""
-    storage, name = split_study_uri(os.fspath(location))
-    return StudyStore(storage, name)
+    """The store of an existing study given its own folder or URI (for `lrwa report`):
+    `s3://b/p/<study>?q` is study `<study>` of `s3://b/p?q`; a folder `DIR/<study>`, of DIR."""
+    location = os.fspath(location)
+    if not is_remote(location):
+        path = Path(storage_uri(location))
+        return StudyStore(str(path.parent), path.name)
+    parts = urlsplit(location)
+    parent, _, name = parts.path.rstrip("/").rpartition("/")
+    if not name or not parts.netloc:
+        raise LrwaError(f"{redact(location)} does not name a study (expected "
+                        f"{parts.scheme}://bucket/prefix/<study>)")
+    query = f"?{parts.query}" if parts.query else ""
+    return StudyStore(f"{parts.scheme}://{parts.netloc}{parent}{query}", name)

@@ -1,16 +1,17 @@
 """Study files: the schema of a hyperparameter study, and the study it resolves to.
 
-A study file is YAML (see `tune_studies/quickstart.yaml`). `StudyFile` and its sections are
-its schema, declared with pydantic: unknown keys at any depth, wrong types and numbers out
-of range are refused there. What needs `DistillConfig` is checked as the file resolves into
-a `Study`: the base config, each end of each range, each choice, each variant, every corner
-of the space and every point to evaluate go through `lrwa.config.from_mapping`, so a study
-that starts will not fail on a config error later. The base is resolved the way `lrwa
-distill` resolves a run: defaults, then the data set's preset, then `base`; `teacher` and
-`data_root` become absolute paths. With workers > 1 the keys Ray Train splits over workers
-(batch, bank and insertion sizes) must divide by the worker count, so searched ones step by
-it. Every problem is one LrwaError line, "study <file>: <key path>: <what is wrong>":
-pydantic's own report never reaches the user. The resolved study's hash guards resumption.
+A study file is YAML (see `tune_studies/quickstart.yaml`). `Study` and its sections are its
+schema, declared with pydantic once: unknown keys at any depth, wrong types and numbers out
+of range are refused there. What needs `DistillConfig` is checked as `parse_study` fills
+the same model in, resolving the file: the base config, each end of each range, each
+choice, each variant, every corner of the space and every point to evaluate go through
+`lrwa.config.from_mapping`, so a study that starts will not fail on a config error later.
+The base is resolved the way `lrwa distill` resolves a run: defaults, then the data set's
+preset, then `base`; `teacher` and `data_root` become absolute paths. With workers > 1 the
+keys Ray Train splits over workers (batch, bank and insertion sizes) must divide by the
+worker count, so searched ones step by it. Every problem is one LrwaError line, "study
+<file>: <key path>: <what is wrong>": pydantic's own report never reaches the user. The
+resolved study's hash guards resumption.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    PrivateAttr,
     TypeAdapter,
     ValidationError,
     model_validator,
@@ -47,6 +49,8 @@ from lrwa.yaml_files import clipped, load_yaml_mapping, shown
 # The shipped study files: the repository's tune_studies/, installed as lrwa.studies.
 STUDIES_PACKAGE = "lrwa.studies"
 VARIANT = "variant"  # the space key that picks one of `variants`
+# Sections whose keys a study reads as its own (study.trials), as its flat record names them.
+FLAT_SECTIONS = ("budget", "resources", "sampler", "scheduler")
 # Keys that name where things are rather than how a run behaves: never searched.
 UNSEARCHABLE = ("teacher", "teacher_arch", "dataset", "data_root", "download", "device")
 MAX_CORNERS = 4096
@@ -142,7 +146,8 @@ class Objective(_Section):
 
 
 class SpaceEntry(_Section):
-    """One searched key: a range (loguniform, uniform, int) or a list of choices."""
+    """One searched key: a range (loguniform, uniform, int) or a list of choices. Resolved,
+    a range's ends are of its type (int or float) and `log` is set."""
 
     type: Literal["loguniform", "uniform", "int", "categorical"]
     low: float | None = None
@@ -150,6 +155,25 @@ class SpaceEntry(_Section):
     log: bool | None = None  # left out: true for loguniform only
     choices: list[Any] | None = None
     step: Whole | None = Field(None, ge=1)  # int ranges only: low, low + step, ..., high
+
+    def contains(self, value: Any) -> bool:
+        if self.type == "categorical":
+            return value in self.choices
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return False
+        if self.type == "int" and isinstance(value, float) and not value.is_integer():
+            return False  # an int is whole already (and float() of a huge one overflows)
+        if self.step and (value - self.low) % self.step:
+            return False
+        return self.low <= value <= self.high
+
+    def describe(self) -> str:
+        if self.type == "categorical":
+            return f"one of {list(self.choices)}"
+        scale = "log " if self.log else ""
+        kind = "int" if self.type == "int" else "float"
+        step = f" step {self.step}" if self.step else ""
+        return f"{scale}{kind} in [{self.low:g}, {self.high:g}]{step}"
 
 
 class Budget(_Section):
@@ -201,7 +225,14 @@ class Smoke(_Section):
     resources: _keys(tuple(Resources.model_fields)) = None
 
 
-class StudyFile(_Section):
+class Study(_Section):
+    """A study file, and once `parse_study` has resolved it, the study every other module
+    uses: `base` is then the whole DistillConfig, each range of `space` has ends of its type
+    and its worker step, `objective` lists one or two, and each point of
+    `points_to_evaluate` is filled from the base. The keys of the FLAT_SECTIONS read as the
+    study's own: `study.trials` is `study.budget.trials`."""
+
+    model_config = ConfigDict(frozen=True)
     name: FolderName = None  # the study's folder under the storage
     description: str | None = None
     base: ConfigKeys = None  # DistillConfig keys shared by every trial
@@ -218,80 +249,48 @@ class StudyFile(_Section):
     # Named bundles of DistillConfig keys laid over base, picked by space.variant.
     variants: dict[FolderName, ConfigKeys] | None = None
     loggers: Loggers = None
+    _source: str = PrivateAttr("")  # the file it came from, for messages
+    _is_smoke: bool = PrivateAttr(False)
 
+    def __getattr__(self, name: str) -> Any:
+        # Only what is not a field or property gets here: a key of a flat section, or a miss.
+        sections = self.__dict__  # not self.section: unpickling asks before fields exist
+        if not name.startswith("_") and name != "type":
+            for section in FLAT_SECTIONS:
+                values = sections.get(section)
+                if isinstance(values, BaseModel) and name in type(values).model_fields:
+                    return getattr(values, name)
+        return super().__getattr__(name)
 
-# -- the resolved study --------------------------------------------------------------------
+    @property
+    def source(self) -> str:
+        return self._source
 
-@dataclasses.dataclass(frozen=True)
-class Parameter:
-    """One searched DistillConfig key and its distribution."""
-
-    name: str
-    type: str
-    low: float | None = None
-    high: float | None = None
-    log: bool = False
-    choices: tuple[Any, ...] | None = None
-    step: int | None = None   # int ranges only: low, low + step, ..., high
-
-    def contains(self, value: Any) -> bool:
-        if self.type == "categorical":
-            return value in self.choices
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            return False
-        if self.type == "int" and isinstance(value, float) and not value.is_integer():
-            return False  # an int is whole already (and float() of a huge one overflows)
-        if self.step and (value - self.low) % self.step:
-            return False
-        return self.low <= value <= self.high
-
-    def describe(self) -> str:
-        if self.type == "categorical":
-            return f"one of {list(self.choices)}"
-        scale = "log " if self.log else ""
-        kind = "int" if self.type == "int" else "float"
-        step = f" step {self.step}" if self.step else ""
-        return f"{scale}{kind} in [{self.low:g}, {self.high:g}]{step}"
-
-
-@dataclasses.dataclass(frozen=True)
-class Study:
-    name: str
-    description: str
-    base: dict[str, Any]          # the resolved DistillConfig, as a mapping
-    space: tuple[Parameter, ...]
-    objectives: tuple[Objective, ...]
-    trials: int
-    time_budget_s: float | None
-    max_concurrent: int
-    cpus: float
-    gpus: float
-    workers: int
-    sampler: str
-    n_startup_trials: int
-    scheduler: str                # "asha" or "none"
-    grace_period: int
-    reduction_factor: float
-    points_to_evaluate: tuple[dict[str, Any], ...]
-    seed: int
-    smoke: dict[str, Any]
-    source: str
-    variants: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
-    mlflow: dict[str, str] | None = None
-    checkpoint_every: int = 1
-    is_smoke: bool = False
+    @property
+    def is_smoke(self) -> bool:
+        return self._is_smoke
 
     @property
     def searched(self) -> tuple[str, ...]:
-        return tuple(parameter.name for parameter in self.space)
+        return tuple(self.space)
 
     @property
     def epochs(self) -> int:
         return int(self.base["epochs"])
 
     @property
+    def objectives(self) -> tuple[Objective, ...]:
+        return tuple(self.objective)
+
+    @property
     def multi_objective(self) -> bool:
-        return len(self.objectives) > 1
+        return len(self.objective) > 1
+
+    @property
+    def mlflow(self) -> dict[str, str] | None:
+        """The MLflow logger's settings the file gave, or None without the logger."""
+        given = self.loggers.mlflow
+        return None if given is None else {k: v for k, v in given.model_dump().items() if v}
 
     def base_config(self) -> DistillConfig:
         return from_mapping(self.base)
@@ -308,13 +307,13 @@ class Study:
 
             config = config.replace(dataset=DEFAULT_TEACHER["dataset"],
                                     teacher_arch=DEFAULT_TEACHER["arch"])
-        if self.workers > 1:
+        if self.resources.workers > 1:
             return config
         # A trial runs on its share of the machine: that is part of its numbers, so it is
         # in its config (and best_config.yaml), and `lrwa distill` reruns it the same way.
         return config.replace(
-            torch_threads=config.torch_threads or max(1, int(self.cpus)),
-            device=("cuda" if self.gpus > 0 else "cpu") if config.device == "auto"
+            torch_threads=config.torch_threads or max(1, int(self.resources.cpus)),
+            device=("cuda" if self.resources.gpus > 0 else "cpu") if config.device == "auto"
             else config.device)
 
     def trial_settings(self, params: Mapping[str, Any]) -> dict[str, Any]:
@@ -324,15 +323,27 @@ class Study:
             settings[VARIANT] = params[VARIANT]
         return settings
 
+    def as_file(self) -> dict[str, Any]:
+        """A study file that parses back to this study: what the file gave, and what
+        resolving filled in (the whole base, each point, each range's ends and step). Smoke
+        variants derive from it, and study.json keeps it for `views.py` to parse back."""
+        return self.model_dump(exclude_unset=True)
+
     def to_dict(self) -> dict[str, Any]:
-        """The resolved study: what the hash covers and what `study.json` records."""
-        data = dataclasses.asdict(self)
-        data.pop("source")
-        data["space"] = {p.name: {key: value for key, value in dataclasses.asdict(p).items()
-                                  if key != "name" and value is not None}
-                         for p in self.space}
-        data["objectives"] = [o.model_dump() for o in self.objectives]
-        data["points_to_evaluate"] = [dict(point) for point in self.points_to_evaluate]
+        """The resolved study as one flat mapping: what the hash covers and what `study.json`
+        records. The hash fixed its shape: the FLAT_SECTIONS' keys at the top (a section's
+        type under the section's name), `objectives`, the given `mlflow` settings, and in the
+        space each entry's `log` (false for choices)."""
+        data = self.model_dump(exclude={"objective", "smoke", "loggers", *FLAT_SECTIONS})
+        data["space"] = {name: {"log": False, **{k: v for k, v in entry.items()
+                                                 if v is not None}}
+                         for name, entry in data["space"].items()}
+        data["objectives"] = self.model_dump(include={"objective"})["objective"]
+        for section in FLAT_SECTIONS:
+            data.update({section if key == "type" else key: value
+                         for key, value in getattr(self, section).model_dump().items()})
+        data["smoke"] = {key: value for key, value in self.smoke.model_dump().items() if value}
+        data.update(mlflow=self.mlflow, is_smoke=self.is_smoke)
         return json.loads(json.dumps(data, default=list))
 
     def fingerprint(self) -> str:
@@ -347,44 +358,21 @@ class Study:
         """Two trials of two tiny epochs on one CPU; the folder gets a `-smoke` suffix."""
         if self.is_smoke:
             return self
-        data = dict(_raw_of(self))
-        data["name"] = f"{self.name}-smoke"
-        data["base"] = {**self.base, **SMOKE_BASE, **self.smoke.get("base", {})}
-        data["budget"] = {**SMOKE_BUDGET, **self.smoke.get("budget", {})}
-        data["resources"] = {**SMOKE_RESOURCES, **self.smoke.get("resources", {})}
-        data["scheduler"] = "none"
-        if self.sampler == "grid":  # two trials cannot run a whole grid: two random points
-            data["sampler"] = {**data["sampler"], "type": "random"}
-        trials = data["budget"]["trials"]
-        data["points_to_evaluate"] = data["points_to_evaluate"][:trials]
+        data, smoke = self.as_file(), self.smoke
         data.pop("smoke", None)
-        return dataclasses.replace(parse_study(data, self.source), is_smoke=True)
-
-
-def _raw_of(study: Study) -> dict[str, Any]:
-    """A study file mapping that parses back to `study`: smoke variants derive from the
-    resolved study (its filled points, its worker steps), not from the file."""
-    return {
-        "name": study.name, "description": study.description, "base": dict(study.base),
-        "space": {p.name: {k: list(v) if isinstance(v, tuple) else v
-                           for k, v in dataclasses.asdict(p).items()
-                           if k != "name" and v is not None and not (k == "log" and not v)}
-                  for p in study.space},
-        "objective": [o.model_dump() for o in study.objectives],
-        "budget": {"trials": study.trials, "time_budget_s": study.time_budget_s,
-                   "max_concurrent": study.max_concurrent},
-        "resources": {"cpus": study.cpus, "gpus": study.gpus, "workers": study.workers,
-                      "checkpoint_every": study.checkpoint_every},
-        "sampler": {"type": study.sampler, "n_startup_trials": study.n_startup_trials},
-        "scheduler": ({"type": "asha", "grace_period": study.grace_period,
-                       "reduction_factor": study.reduction_factor}
-                      if study.scheduler == "asha" else "none"),
-        "points_to_evaluate": [dict(point) for point in study.points_to_evaluate],
-        "seed": study.seed,
-        "smoke": study.smoke,
-        "variants": {name: dict(bundle) for name, bundle in study.variants.items()},
-        "loggers": {"mlflow": dict(study.mlflow)} if study.mlflow else {},
-    }
+        if not self.mlflow:  # logs nothing (runner.py); smoke variants have always dropped it
+            data.pop("loggers", None)
+        budget = {**SMOKE_BUDGET, **(smoke.budget or {})}
+        data.update(name=f"{self.name}-smoke", base={**self.base, **SMOKE_BASE,
+                                                     **(smoke.base or {})},
+                    budget=budget, resources={**SMOKE_RESOURCES, **(smoke.resources or {})},
+                    scheduler="none",
+                    points_to_evaluate=self.points_to_evaluate[:budget["trials"]])
+        if self.sampler.type == "grid":  # two trials cannot run a whole grid: two random points
+            data["sampler"] = {**data.get("sampler", {}), "type": "random"}
+        study = parse_study(data, self.source)
+        study._is_smoke = True
+        return study
 
 
 # -- locating and reading ------------------------------------------------------------------
@@ -420,21 +408,23 @@ def load_study_file(name_or_path: str | Path) -> Study:
 
 def parse_study(data: Mapping[str, Any], source: str) -> Study:
     try:
-        return _resolve(_validated(StudyFile, dict(data), ""), source)
+        study = _resolve(_validated(Study, dict(data), ""))
     except _Problem as problem:
         raise LrwaError(f"study {source}: {problem}") from None
+    study._source = source
+    return study
 
 
 # -- resolving: the checks that need DistillConfig -----------------------------------------
 
-def _resolve(file: StudyFile, source: str) -> Study:
+def _resolve(file: Study) -> Study:
     base = _resolve_base({"seed": file.seed, **file.base})
     if not file.space:
         raise _Problem("", "space is empty: name at least one DistillConfig key to search, "
                        "e.g. alpha: {type: loguniform, low: 0.01, high: 2}")
     variants = _variants(file.variants or {}, base)
-    space = tuple(_variant_parameter(entry, variants) if name == VARIANT
-                  else _parameter(str(name), entry, base) for name, entry in file.space.items())
+    space = {name: _variant_parameter(entry, variants) if name == VARIANT
+             else _parameter(str(name), entry, base) for name, entry in file.space.items()}
     if variants and VARIANT not in file.space:
         raise _Problem("variants", f"are picked by space.{VARIANT}; add it to the space")
     _check_corners(space, base, variants)
@@ -448,7 +438,7 @@ def _resolve(file: StudyFile, source: str) -> Study:
     if scheduler.type == "asha" and len(objectives) > 1:
         raise _Problem("scheduler", "ASHA stops trials on one metric; a two-objective study "
                        "needs scheduler: none")
-    budget, resources, mlflow = file.budget, file.resources, file.loggers.mlflow
+    budget, resources = file.budget, file.resources
     if resources.gpus > 1 and not resources.gpus.is_integer():
         raise _Problem("resources.gpus", f"a fraction of a GPU must be below 1, got "
                        f"{resources.gpus:g}")
@@ -458,27 +448,19 @@ def _resolve(file: StudyFile, source: str) -> Study:
         raise _Problem("points_to_evaluate", f"lists {len(points)} points but budget.trials "
                        f"is {budget.trials}")
     if file.sampler.type == "grid":
-        if any(parameter.type != "categorical" for parameter in space):
+        if any(entry.type != "categorical" for entry in space.values()):
             raise _Problem("sampler", "a grid runs categorical choices only; give each space "
                            "entry type: categorical")
         if points:
             raise _Problem("points_to_evaluate", "a grid runs every point already")
-        size = math.prod(len(parameter.choices) for parameter in space)
+        size = math.prod(len(entry.choices) for entry in space.values())
         if budget.trials != size:
             raise _Problem("budget.trials", f"is {budget.trials} but the grid has {size} "
                            "points (each runs once)")
-    return Study(
-        name=file.name, description=(file.description or "").strip(), base=base.to_dict(),
-        space=space, objectives=objectives, trials=budget.trials,
-        time_budget_s=budget.time_budget_s, max_concurrent=budget.max_concurrent,
-        cpus=resources.cpus, gpus=resources.gpus, workers=resources.workers,
-        sampler=file.sampler.type, n_startup_trials=file.sampler.n_startup_trials,
-        scheduler=scheduler.type, grace_period=scheduler.grace_period,
-        reduction_factor=scheduler.reduction_factor, points_to_evaluate=points,
-        seed=file.seed, smoke={key: value for key, value in file.smoke.model_dump().items()
-                               if value},
-        source=source, variants=variants, checkpoint_every=resources.checkpoint_every,
-        mlflow=None if mlflow is None else {k: v for k, v in mlflow.model_dump().items() if v})
+    return file.model_copy(update={
+        "description": (file.description or "").strip(), "base": base.to_dict(),
+        "space": space, "objective": list(objectives), "points_to_evaluate": points,
+        "variants": variants})
 
 
 def _config(key_path: str, values: Mapping[str, Any],
@@ -542,7 +524,7 @@ def _variants(raw: Mapping[str, dict[str, Any]], base: DistillConfig
     return {name: dict(bundle) for name, bundle in raw.items()}
 
 
-def _variant_parameter(entry: SpaceEntry, variants: Mapping[str, Any]) -> Parameter:
+def _variant_parameter(entry: SpaceEntry, variants: Mapping[str, Any]) -> SpaceEntry:
     if entry.type != "categorical" or entry.model_fields_set - {"type", "choices"}:
         raise _Problem(f"space.{VARIANT}", "is {type: categorical, choices: [names from "
                        "variants]}")
@@ -553,10 +535,10 @@ def _variant_parameter(entry: SpaceEntry, variants: Mapping[str, Any]) -> Parame
         if not isinstance(choice, str) or choice not in variants:
             raise _Problem(f"space.{VARIANT}.choices[{index}]", f"{shown(choice)} is not in "
                            f"variants ({', '.join(variants) or 'none given'})")
-    return Parameter(VARIANT, "categorical", choices=tuple(choices))
+    return entry
 
 
-def _parameter(name: str, entry: SpaceEntry, base: DistillConfig) -> Parameter:
+def _parameter(name: str, entry: SpaceEntry, base: DistillConfig) -> SpaceEntry:
     key_path, kind = f"space.{name}", entry.type
     if kind == "categorical":
         for key in ("low", "high", "log", "step"):
@@ -569,7 +551,7 @@ def _parameter(name: str, entry: SpaceEntry, base: DistillConfig) -> Parameter:
             raise _Problem(f"{key_path}.choices", "lists a value twice")
         for index, choice in enumerate(choices):
             _config(f"{key_path}.choices[{index}]", {name: choice}, base)
-        return Parameter(name, kind, choices=tuple(choices))
+        return entry
     if entry.choices is not None:
         raise _Problem(f"{key_path}.choices", f"only categorical entries take choices, "
                        f"not {kind}")
@@ -605,49 +587,46 @@ def _parameter(name: str, entry: SpaceEntry, base: DistillConfig) -> Parameter:
         if (high - low) % step:
             raise _Problem(f"{key_path}.step", f"high - low ({high - low}) is not a multiple "
                            f"of step {step}")
-    return Parameter(name, kind, low, high, log, step=step)
+    return entry.model_copy(update={"low": low, "high": high, "log": log})
 
 
-def _split_over_workers(space: tuple[Parameter, ...], base: DistillConfig, workers: int
-                        ) -> tuple[Parameter, ...]:
+def _split_over_workers(space: dict[str, SpaceEntry], base: DistillConfig, workers: int
+                        ) -> dict[str, SpaceEntry]:
     """With data-parallel trials every value of a split key must divide by `workers`."""
     if workers == 1:
         return space
-    searched = {parameter.name for parameter in space}
     for key in SPLIT_KEYS:
         value = getattr(base, key)
-        if key not in searched and value % workers:
+        if key not in space and value % workers:
             raise _Problem(f"base.{key}", f"{value} must split evenly over resources.workers "
                            f"{workers}")
-    result = []
-    for parameter in space:
-        if parameter.name in SPLIT_KEYS:
-            key_path = f"space.{parameter.name}"
-            values = parameter.choices or (parameter.low, parameter.high)
-            if any(value % workers for value in values):
-                raise _Problem(key_path, f"every value must split evenly over "
+    result = dict(space)
+    for name in [name for name in space if name in SPLIT_KEYS]:
+        entry, key_path = space[name], f"space.{name}"
+        if any(value % workers for value in entry.choices or (entry.low, entry.high)):
+            raise _Problem(key_path, f"every value must split evenly over "
+                           f"resources.workers {workers}")
+        if entry.type == "int":
+            if entry.log:
+                raise _Problem(key_path, f"with resources.workers {workers} the range "
+                               f"needs a step of {workers}, and Optuna cannot step a log "
+                               "scale: use log: false")
+            if (entry.step or workers) % workers:
+                raise _Problem(f"{key_path}.step", f"must be a multiple of "
                                f"resources.workers {workers}")
-            if parameter.type == "int":
-                if parameter.log:
-                    raise _Problem(key_path, f"with resources.workers {workers} the range "
-                                   f"needs a step of {workers}, and Optuna cannot step a log "
-                                   "scale: use log: false")
-                if (parameter.step or workers) % workers:
-                    raise _Problem(f"{key_path}.step", f"must be a multiple of "
-                                   f"resources.workers {workers}")
-                parameter = dataclasses.replace(parameter, step=parameter.step or workers)
-        result.append(parameter)
-    return tuple(result)
+            result[name] = entry.model_copy(update={"step": entry.step or workers})
+    return result
 
 
-def _check_corners(space: tuple[Parameter, ...], base: DistillConfig,
+def _check_corners(space: dict[str, SpaceEntry], base: DistillConfig,
                    variants: Mapping[str, Mapping[str, Any]]) -> None:
     """Every combination of range ends and choices must be a valid config."""
-    options = [p.choices if p.type == "categorical" else (p.low, p.high) for p in space]
+    options = [p.choices if p.type == "categorical" else (p.low, p.high)
+               for p in space.values()]
     for count, combination in enumerate(itertools.product(*options)):
         if count >= MAX_CORNERS:
             return
-        values = dict(zip((p.name for p in space), combination))
+        values = dict(zip(space, combination))
         try:
             from_mapping(_expand(values, variants), base=base)
         except LrwaError as error:
@@ -656,30 +635,29 @@ def _check_corners(space: tuple[Parameter, ...], base: DistillConfig,
                            f"{error}") from None
 
 
-def _points(raw: list[Any], space: tuple[Parameter, ...], base: DistillConfig,
-            variants: Mapping[str, Mapping[str, Any]]) -> tuple[dict[str, Any], ...]:
-    names = tuple(p.name for p in space)
+def _points(raw: list[Any], space: dict[str, SpaceEntry], base: DistillConfig,
+            variants: Mapping[str, Mapping[str, Any]]) -> list[dict[str, Any]]:
     points = []
     for index, point in enumerate(raw):
         key_path = f"points_to_evaluate[{index}]"
-        point = _validated(_keys(names), point, key_path)
+        point = _validated(_keys(tuple(space)), point, key_path)
         filled = {}
-        for parameter in space:
-            if parameter.name in point:
-                value = point[parameter.name]
-                if not parameter.contains(value):
-                    raise _Problem(f"{key_path}.{parameter.name}", f"{shown(value)} is "
-                                   f"outside the space ({parameter.describe()})")
+        for name, entry in space.items():
+            if name in point:
+                value = point[name]
+                if not entry.contains(value):
+                    raise _Problem(f"{key_path}.{name}", f"{shown(value)} is outside the "
+                                   f"space ({entry.describe()})")
             else:
-                value = getattr(base, parameter.name)
-                if not parameter.contains(value):
-                    raise _Problem(key_path, f"'{parameter.name}' is not given and the base "
-                                   f"value {shown(value)} is outside the space "
-                                   f"({parameter.describe()})")
-            filled[parameter.name] = int(value) if parameter.type == "int" else value
+                value = getattr(base, name)
+                if not entry.contains(value):
+                    raise _Problem(key_path, f"'{name}' is not given and the base value "
+                                   f"{shown(value)} is outside the space "
+                                   f"({entry.describe()})")
+            filled[name] = int(value) if entry.type == "int" else value
         _config(key_path, _expand(filled, variants), base)
         points.append(filled)
-    return tuple(points)
+    return points
 
 
 def _objectives(raw: Any) -> tuple[Objective, ...]:

@@ -25,6 +25,7 @@ import signal
 from pathlib import Path
 from typing import Any
 
+from lrwa.errors import first_line
 from lrwa.run import Evaluation, run_distillation
 from lrwa.sinks import METRICS_FILE, SUMMARY_FILE
 from lrwa.teacher import Teacher
@@ -74,7 +75,7 @@ class TrialContext:
 
 def error_text(error: BaseException) -> str:
     """One line: the exception's type and the first line of its message."""
-    message = str(error).strip().splitlines()[0] if str(error).strip() else ""
+    message = first_line(error)
     return f"{type(error).__name__}: {message}"[:500]
 
 
@@ -83,9 +84,11 @@ def _inject_fault(plan: FaultPlan | None, epoch: int) -> None:
         return
     if plan.marker:
         try:
-            os.close(os.open(plan.marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+            marker = os.open(plan.marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
         except FileExistsError:
             return
+        os.write(marker, str(os.getpid()).encode())  # which process the fault hit
+        os.close(marker)
     if plan.action == "raise":
         from lrwa.distiller import NonFiniteLoss
 

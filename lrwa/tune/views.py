@@ -13,10 +13,7 @@ zero rows in silence.
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
 from collections.abc import Callable, Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -29,7 +26,6 @@ from lrwa.tune.layout import (
     ERROR_ATTR,
     ERROR_KEY,
     OBJECTIVE_METRICS,
-    OPTUNA_FILE,
     RAY_DIR,
     RUN_DIR_ATTR,
     TRIALS_FILE,
@@ -53,7 +49,7 @@ from lrwa.tune.results import (
     write_trials_table,
 )
 from lrwa.tune.storage import StudyStore
-from lrwa.tune.study import Study
+from lrwa.tune.study import CONFIG_KEYS, VARIANT, Study
 
 Printer = Callable[[str], None]
 
@@ -87,11 +83,10 @@ def _last_epoch(rows: list[dict[str, Any]]) -> int:
 
 
 def ray_rows(store: StudyStore, trial_id: str) -> list[dict[str, Any]]:
-    """The epochs Ray persisted for a trial, from whichever reaches furthest: its
-    result.json (every report, replays included, so a later report of epoch e replaces the
-    rows from e on; a killed driver may not have flushed its last lines) or the newest
-    checkpoint's metrics.parquet (every epoch up to that checkpoint). Empty when neither is
-    there."""
+    """The epochs Ray persisted for a trial: the newest checkpoint's metrics.parquet (every
+    epoch up to that checkpoint), then the epochs after it from its result.json (every
+    report, replays included, so a later report of epoch e replaces the rows from e on; a
+    killed driver may not have flushed its last lines). Empty when neither is there."""
     from_results: list[dict[str, Any]] = []
     data = store.read_bytes(f"{RAY_DIR}/{trial_id}/{RESULT_FILE}")
     for line in (data or b"").splitlines():
@@ -115,41 +110,19 @@ def ray_rows(store: StudyStore, trial_id: str) -> list[dict[str, Any]]:
             from_checkpoint = [{"epoch": row["epoch"], **epoch_values(row)}
                                for row in table.to_pylist()]
             break
-    return max(from_results, from_checkpoint, key=_last_epoch)
+    # The checkpoint's rows are whole from epoch 1; result.json can lack early lines (Ray's
+    # logger copies the storage's older copy over it when it retries a trial).
+    last = _last_epoch(from_checkpoint)
+    return from_checkpoint + [row for row in from_results if int(row["epoch"]) > last]
 
 
 def read_journal_copy(store: StudyStore) -> dict[str, Any]:
-    """The journal's trials by lrwa trial id, read from a private copy (a reader never
-    takes the driver's locks); empty when the study has no journal yet."""
-    import optuna
-    from optuna.storages import JournalStorage
-    from optuna.storages.journal import JournalFileBackend
+    """The journal's trials by lrwa trial id (`journal.journal_copy`); empty when the study
+    has no journal yet."""
+    from lrwa.tune.journal import journal_copy, lrwa_trials
 
-    from lrwa.tune.internals import is_journal_record
-    from lrwa.tune.journal import damaged_journal, lrwa_trials, stored_journal
-
-    data = stored_journal(store)
-    if not data:
-        return {}
-    data = data[:data.rfind(b"\n") + 1]  # a torn last record is not yet a record
-    for number, line in enumerate(data.splitlines(), start=1):
-        if not is_journal_record(line):
-            raise damaged_journal(store, f"line {number} is not an Optuna journal record")
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    folder = tempfile.mkdtemp(prefix="lrwa-journal-")
-    try:
-        copy = Path(folder, OPTUNA_FILE)
-        copy.write_bytes(data)
-        storage = JournalStorage(JournalFileBackend(str(copy)))
-        if not any(summary.study_name == store.name
-                   for summary in storage.get_all_studies()):
-            return {}
-        return lrwa_trials(optuna.load_study(study_name=store.name, storage=storage))
-    except (AssertionError, KeyError, ValueError, TypeError) as error:
-        raise damaged_journal(store, f"Optuna cannot replay it: {type(error).__name__}") \
-            from None
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
+    with journal_copy(store) as optuna_study:
+        return lrwa_trials(optuna_study) if optuna_study is not None else {}
 
 
 def read_table_rows(store: StudyStore, searched: Sequence[str] | None = None
@@ -165,8 +138,11 @@ def read_table_rows(store: StudyStore, searched: Sequence[str] | None = None
         rows = table.to_pylist()
     except (pa.ArrowException, OSError, ValueError):  # damaged bytes fail in many ways
         return {}
-    if not {"trial_id", "status"} <= set(table.column_names) or (
-            searched is not None and not table.schema.equals(trials_schema(searched))):
+    # The footer's column names carry no checksum: a damaged name must not read as a column.
+    names = set(table.column_names)
+    if not {"trial_id", "status"} <= names or len(names) < table.num_columns or (
+            searched is not None and not table.schema.equals(trials_schema(searched))) or (
+            names - set(trials_schema([]).names) - set(CONFIG_KEYS) - {VARIANT}):
         return {}
     return {str(row["trial_id"]): row for row in rows}
 
