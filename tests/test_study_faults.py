@@ -97,6 +97,18 @@ DRIVER = textwrap.dedent("""
             die()
 
         StudyStore.write_bytes = write_bytes
+    elif instant == "second-end-told":
+        # F1: the second trial's end is in the journal, Ray's searcher state is older.
+        tell = recorder.record_outcome
+        told = []
+
+        def record_outcome(*args, **kwargs):
+            tell(*args, **kwargs)
+            told.append(1)
+            if len(told) == 2:
+                die()
+
+        recorder.record_outcome = record_outcome
     elif instant == "trial-created":
         # The second trial is in the journal; Ray has not saved its state since.
         ask = search.StudySearch.suggest
@@ -308,6 +320,29 @@ def test_a_killed_trial_process_is_retried_from_its_last_checkpoint(ray_session,
     # One trial died at the end of epoch 2 and a new process went on from epoch 1's
     # checkpoint: its first result after the restore is epoch 2.
     assert restarts == [(2, True)]
+
+
+def test_a_kill_after_a_trial_ends_never_makes_two_trials_share_a_configuration(
+        ray_address, teacher_file, tmp_path):
+    """F1: three sampled trials one at a time, the driver SIGKILLed as soon as the second
+    one's end is in the journal, then rerun. The third trial must not repeat the second's
+    parameters (a searcher restored from Ray's older state once suggested them again)."""
+    study_file = write_study_file(tmp_path, teacher_file, base={"epochs": 1},
+                                  budget={"trials": 3, "max_concurrent": 1},
+                                  points_to_evaluate=[],
+                                  sampler={"type": "tpe", "n_startup_trials": 3})
+    killed = Driver(_driver(study_file, tmp_path, "second-end-told", tmp_path / "x"),
+                    ray_address)
+    kill_rc, kill_output = killed.finish()
+    assert kill_rc == -signal.SIGKILL, kill_output
+    assert sorted(_journal_states(tmp_path / "tiny").values()) == ["COMPLETE", "COMPLETE"]
+    rerun_rc, rerun_output = Driver(_driver(study_file, tmp_path, "none", tmp_path / "x"),
+                                    ray_address).finish()
+    assert rerun_rc == 0 and "Traceback" not in rerun_output, rerun_output
+    assert_one_truth(tmp_path / "tiny", budget=3, epochs=1)
+    configurations = [tuple(sorted(trial.params.items()))
+                      for trial in read_journal(tmp_path / "tiny").trials]
+    assert len(configurations) == 3 and len(set(configurations)) == 3, configurations
 
 
 def test_fault_plans_refuse_what_would_signal_a_process_group():

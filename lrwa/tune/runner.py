@@ -267,6 +267,7 @@ def build_tuner(study: Study, store: StudyStore, teacher: Any, concurrency: int,
         mode=modes[0] if single else modes,
         points_to_evaluate=[dict(point) for point in study.points_to_evaluate] or None,
         sampler=build_sampler(study), study_name=store.name, storage=journal_storage(store))
+    searcher.budget = study.trials
     scheduler = None
     if study.scheduler.type == "asha":
         # Our own epoch count, not Tune's training_iteration: it survives any restore.

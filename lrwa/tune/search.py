@@ -15,7 +15,10 @@ budget; the lost trial's partial curve goes, since the trial runs again from its
 first epoch under Ray's new id. A trial is lost only if the experiment state Tune
 restored does not hold it: the searcher's own saved state can be older (Tune uploads
 the two files one after the other), and judging by it alone handed a trial Tune was
-resuming to a second trial, which then ran the same configuration.
+resuming to a second trial, which then ran the same configuration. A lost trial can also
+have ended (the driver died after the journal heard its end): it keeps its place in the
+budget, so the restored searcher tells Tune the search is finished once the journal holds
+the budget's trials, where Tune would have asked for one trial too many.
 
 `SignedSearchGenerator` is the search algorithm Tune drives: after Tune saves its
 experiment state to the driver's staging folder, and before that folder is uploaded,
@@ -29,7 +32,7 @@ from typing import Any
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
-from ray.tune.search import SearchGenerator
+from ray.tune.search import Searcher, SearchGenerator
 from ray.tune.search.optuna import OptunaSearch
 
 from lrwa.tune.integrity import record_state
@@ -52,14 +55,23 @@ class StudySearch(OptunaSearch):
     _adopting_for: StudyStore | None = None
     _restored_trials: frozenset[str] = frozenset()
     _lost: list[FrozenTrial] | None = None
+    budget: int | None = None  # the study's trials (set by the runner; pickled with it)
+    _in_journal = 0  # a restored searcher: the journal's trials, those it adds included
 
-    def suggest(self, trial_id: str) -> dict[str, Any] | None:
+    def suggest(self, trial_id: str) -> dict[str, Any] | str | None:
         trials = searcher_trials(self)
         if trial_id not in trials and self._adopting_for is not None:
             if self._lost is None:  # known: Tune's restored trials too (module docstring)
                 self._lost = lost_trials(searcher_study(self),
                                          known=set(trials) | self._restored_trials)
-            if self._lost:
+                self._in_journal = len(searcher_study(self).get_trials(deepcopy=False))
+            if not self._lost and self.budget is not None and self._in_journal >= self.budget:
+                # A trial that ended before Ray recorded it still fills its place in the
+                # budget: Ray, not knowing it, asks for one trial too many.
+                return Searcher.FINISHED
+            if not self._lost:
+                self._in_journal += 1  # Optuna is asked for a new trial below
+            else:
                 lost = self._lost.pop(0)
                 previous = lost.user_attrs.get(TRIAL_ID_ATTR)
                 if previous is not None:
