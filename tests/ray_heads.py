@@ -214,9 +214,12 @@ def start_head(folder: Path, *, num_cpus: int = 0, env: dict[str, str] | None = 
 def cluster_nodes(address: str, env: dict[str, str] | None = None) -> list[dict[str, Any]]:
     """The alive nodes of the cluster at `address`, read by a separate short process (so
     this process's own Ray session, if any, is not disturbed)."""
+    # The answer is the line tagged NODES: Ray may print warnings to stdout after it (e.g.
+    # "raylet has lagging heartbeats" on a busy machine).
     script = (f"import json, ray; ray.init(address={address!r}, log_to_driver=False, "
-              "logging_level='ERROR'); print(json.dumps([n['Resources'] for n in ray.nodes() "
-              "if n['Alive']]))")
+              "logging_level='ERROR'); print('NODES ' + json.dumps([n['Resources'] for n in "
+              "ray.nodes() if n['Alive']]), flush=True)")
     output = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                             env={**os.environ, **(env or {})}, timeout=120, check=True)
-    return json.loads(output.stdout.strip().splitlines()[-1])
+    (answer,) = [line for line in output.stdout.splitlines() if line.startswith("NODES ")]
+    return json.loads(answer.removeprefix("NODES "))
