@@ -262,23 +262,26 @@ def _signed_searcher(store):
     return SignedSearchGenerator(ConcurrencyLimiter(searcher, 4), store)
 
 
+def _saved_after_one_trial(tmp_path):
+    """A study's signed searcher that has given "trial-a" and saved its state then:
+    (store, the running searcher, the staging folder, trial-a's parameters)."""
+    from lrwa.tune.storage import open_store
+
+    store = open_store(tmp_path / "results", "tiny")
+    running = _signed_searcher(store)
+    saved = tmp_path / "staging"
+    saved.mkdir()
+    first = running.searcher.suggest("trial-a")
+    running.save_to_dir(str(saved), "s")  # the searcher's state knows trial-a only
+    return store, running, saved, first
+
+
 def test_a_restored_searcher_never_hands_on_a_trial_tune_restored(tmp_path):
     """F1: the searcher's saved state can be older than Tune's experiment state (the two
     files are uploaded one after the other, and a kill can fall between). A trial Tune
     restored and resumes must not be handed to a new trial as "lost": both would run the
     same configuration."""
-    from lrwa.tune.storage import open_store
-
-    store = open_store(tmp_path / "results", "tiny")
-
-    def generator():
-        return _signed_searcher(store)
-
-    running = generator()
-    saved = tmp_path / "staging"
-    saved.mkdir()
-    first = running.searcher.suggest("trial-a")
-    running.save_to_dir(str(saved), "s")  # the searcher's state knows trial-a only
+    store, running, saved, first = _saved_after_one_trial(tmp_path)
     second = running.searcher.suggest("trial-b")
     # Tune's experiment state, saved later, holds both trials (JSON as Ray writes it).
     state = {"trial_data": [[json.dumps({"trial_id": trial_id, "status": "RUNNING"}),
@@ -287,7 +290,7 @@ def test_a_restored_searcher_never_hands_on_a_trial_tune_restored(tmp_path):
     store.write_bytes(f"{RAY_DIR}/experiment_state-2026-01-01_00-00-00.json",
                       json.dumps(state).encode())
 
-    restored = generator()
+    restored = _signed_searcher(store)
     restored.restore_from_dir(str(saved))
     third = restored.searcher.suggest("trial-c")
     assert third != second and third != first
@@ -300,20 +303,9 @@ def test_a_lost_trial_is_still_handed_on(tmp_path):
     """F1 as it was seen: Optuna gave a trial that no saved state of Tune holds (the driver
     died first); the restored searcher gives it to Tune's next trial, and the trial after
     that gets a configuration of its own (it drew the lost trial's numbers again)."""
-    from lrwa.tune.storage import open_store
-
-    store = open_store(tmp_path / "results", "tiny")
-
-    def generator():
-        return _signed_searcher(store)
-
-    running = generator()
-    saved = tmp_path / "staging"
-    saved.mkdir()
-    running.searcher.suggest("trial-a")
-    running.save_to_dir(str(saved), "s")
+    store, running, saved, _ = _saved_after_one_trial(tmp_path)
     lost = running.searcher.suggest("trial-b")
-    restored = generator()
+    restored = _signed_searcher(store)
     restored.restore_from_dir(str(saved))
     assert restored.searcher.suggest("trial-c") == lost
     # The next trial draws anew: the saved random state would repeat the lost trial's draw.
