@@ -340,6 +340,12 @@ def plot(curves: pd.DataFrame, trials: pd.DataFrame, path: Path) -> None:
 
 # -- the report -------------------------------------------------------------------------------
 
+def seed_list(trials: pd.DataFrame) -> str:
+    """The seeds of `trials` as a heading writes them: "100, 101" (plain ints, not NumPy's
+    repr, which a sorted list of np.int64 would print)."""
+    return ", ".join(str(int(seed)) for seed in sorted(trials["seed"].unique()))
+
+
 def hours(seconds: float | None) -> str:
     return "unknown" if seconds is None else f"{seconds / 60:.0f} min ({seconds / 3600:.2f} h)"
 
@@ -430,7 +436,7 @@ def report(storage: Path, out_dir: Path) -> tuple[str, list[str]]:
         *pair_tables(table),
         "![meta against joint](learning_evolution.png)",
         "",
-        f"## Tuning alpha (validation split, seeds {sorted(tuning_trials['seed'].unique())})"
+        f"## Tuning alpha (validation split, seeds {seed_list(tuning_trials)})"
         + partial_note(tuning_trials, tuning_study, TUNING),
         "",
         "Mean validation accuracy over epochs (%), mean over seeds; the chosen alpha in bold.",
@@ -438,7 +444,7 @@ def report(storage: Path, out_dir: Path) -> tuple[str, list[str]]:
         *tuning_table(grid),
         "",
         (f"## The horizon: do the baselines drift? (validation split, seeds "
-         f"{sorted(horizon_trials['seed'].unique())}, W = "
+         f"{seed_list(horizon_trials)}, W = "
          f"{int(horizon_trials['warmup'].max())})"
          + partial_note(horizon_trials, horizon_study, HORIZON)),
         "",

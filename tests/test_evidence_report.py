@@ -116,6 +116,14 @@ def test_the_tuned_alpha_is_the_best_mean_and_an_edge_is_named(report):
     assert "0.9 (highest tried)" in "\n".join(report.tuning_table(report.tuning_choice(at_edge)))
 
 
+def test_headings_name_seeds_as_plain_integers(report):
+    # Parquet gives int64 seeds; a sorted list of them printed "[np.int64(100), ...]".
+    trials = pd.DataFrame({"seed": np.array([101, 100, 101], dtype=np.int64)})
+    assert report.seed_list(trials) == "100, 101"
+    text = (ROOT / "benchmarks" / "BENCHMARKS.md").read_text()
+    assert "np.int64" not in text and "seeds 100, 101" in text
+
+
 def test_the_readme_block_is_replaced_and_a_missing_one_refused(report):
     text = f"intro\n{report.README_START}\nold line\n{report.README_END}\nrest\n"
     replaced = report.readme_with(text, ["- new verdict."])
