@@ -226,6 +226,11 @@ def test_the_file_is_read_by_the_strict_loader_and_named_in_errors(tmp_path):
      "variants.a: config key 'alpha' is -1.0"),
     ({"variants": VARIANTS, "space": {"variant": {"type": "categorical", "choices": ["a", "c"]}},
       "points_to_evaluate": None}, "space.variant.choices[1]: 'c' is not in variants (a, b)"),
+    # A point that leaves the variant out has no base value to fall back on (was a traceback).
+    ({"variants": VARIANTS, "space": {**PICK_VARIANT, **SPACE}, "points_to_evaluate": [{}]},
+     "points_to_evaluate[0]: names no 'variant': a point picks one of variants (a, b)"),
+    ({"variants": VARIANTS, "space": {**PICK_VARIANT, **SPACE}, "points_to_evaluate": [None]},
+     "points_to_evaluate[0]: names no 'variant'"),
     ({"variants": VARIANTS, "space": {"variant": {"type": "uniform", "low": 0, "high": 1}},
       "points_to_evaluate": None},
      "space.variant: is {type: categorical, choices: [names from variants]}"),

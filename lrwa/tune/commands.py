@@ -12,7 +12,8 @@ import functools
 from collections.abc import Callable
 from typing import Any
 
-from lrwa.tune.layout import DEFAULT_STORAGE  # one name for the default, in layout.py
+# The default storage, like every file name, is named once: in layout.py.
+from lrwa.tune.layout import BEST_CONFIG, COMPLETED, DEFAULT_STORAGE, STOPPED_EARLY
 
 QUICKSTART_STUDY = "quickstart"
 # The cold quickstart's time on 2 idle CPU cores, the teacher's training included, as
@@ -55,15 +56,13 @@ def add_storage_flag(parser: Any) -> None:
 
 
 def _run_and_report(study: Any, storage: str, restart: bool) -> Any:
-    from lrwa.tune.layout import COMPLETED, STOPPED_EARLY
     from lrwa.tune.report import write_report
     from lrwa.tune.runner import run_study, summarise
 
     outcome = run_study(study, storage, restart=restart)
     for line in summarise(outcome, study):
         print_line(line)
-    if outcome.ran and outcome.statuses.get(COMPLETED, 0) + outcome.statuses.get(
-            STOPPED_EARLY, 0):
+    if outcome.ran and any(outcome.statuses.get(key) for key in (COMPLETED, STOPPED_EARLY)):
         write_report(outcome.store.uri(), tally=False)  # summarise printed the tally
     location = outcome.store.location()
     print_line(f"Parquet: {location}/curves/ (one file per trial, one row per epoch) and "
@@ -97,7 +96,6 @@ def run_quickstart(storage: str = DEFAULT_STORAGE) -> None:
     """The shipped quickstart study end to end into `storage`, then the report."""
     import yaml
 
-    from lrwa.tune.layout import BEST_CONFIG
     from lrwa.tune.study import load_study_file
 
     study = load_study_file(QUICKSTART_STUDY)

@@ -15,12 +15,23 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import torch
+from torch.utils.data import DataLoader
+
+from lrwa.data import dataset_spec, load_split
 from lrwa.errors import LrwaError
-from lrwa.teacher import load_teacher
+from lrwa.models import build_model
+from lrwa.teacher import (
+    DEFAULT_TEACHER,
+    RECIPES,
+    Teacher,
+    default_teacher_path,
+    load_teacher,
+    torch_threads,
+)
 from lrwa.tune.commands import QUICKSTART_MINUTES, QUICKSTART_STUDY, Printer, print_line
 from lrwa.tune.layout import DEFAULT_STORAGE  # one name for the default, in layout.py
 from lrwa.tune.resources import capacity_line, resources_per_trial, trial_bundles
-from lrwa.tune.space import describe_space
 from lrwa.tune.storage import open_store
 from lrwa.tune.study import Study
 
@@ -34,12 +45,7 @@ def _measurement_setup(study: Study) -> tuple[Any, Any, Any]:
     cost of a step does not depend on the weights, so a dry run never trains or loads one:
     the embedded teacher and a teacher file named with teacher_arch and dataset are stood
     in for by random weights."""
-    from lrwa.config import from_mapping
-    from lrwa.data import dataset_spec
-    from lrwa.models import build_model
-    from lrwa.teacher import DEFAULT_TEACHER, Teacher
-
-    base = from_mapping(study.base)
+    base = study.base_config()
     if base.teacher is None:
         arch, dataset = DEFAULT_TEACHER["arch"], DEFAULT_TEACHER["dataset"]
     elif base.teacher_arch and base.dataset:
@@ -56,8 +62,6 @@ def _measurement_setup(study: Study) -> tuple[Any, Any, Any]:
 
 
 def _timed(step: Callable[[], Any], repeats: int, cuda: bool) -> float:
-    import torch
-
     step()  # warm-up
     if cuda:
         torch.cuda.synchronize()
@@ -72,8 +76,6 @@ def _timed(step: Callable[[], Any], repeats: int, cuda: bool) -> float:
 def measure_epoch_seconds(study: Study) -> tuple[float, str]:
     """(seconds per epoch of one trial at the base config, how), from the steps timed here
     as the module docstring says."""
-    import torch
-
     from lrwa.distiller import Distiller
 
     base, teacher, spec = _measurement_setup(study)
@@ -81,9 +83,8 @@ def measure_epoch_seconds(study: Study) -> tuple[float, str]:
     device = torch.device("cuda" if cuda else "cpu")
     batch = min(base.batch_size, MEASURE_BATCH)
     config = base.replace(batch_size=batch, device=device.type)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(max(1, int(study.cpus)))
-    try:
+    threads = max(1, int(study.cpus))
+    with torch_threads(threads):
         images = torch.randn(256, spec.channels, spec.image_size, spec.image_size)
         labels = torch.zeros(256, dtype=torch.int64)
         distiller = Distiller(config, teacher.model, spec, images.to(device), labels,
@@ -98,15 +99,12 @@ def measure_epoch_seconds(study: Study) -> tuple[float, str]:
         fresh = distiller._fresh_images()
         vae_s = _timed(lambda: distiller.replay.add(fresh), 2, cuda) if vae_steps else 0.0
         eval_s = _timed(distiller.evaluate, 1, cuda) * EVAL_SIZES.get(spec.name, 10000) / 256
-    finally:
-        torch.set_num_threads(threads)
     scale = base.batch_size / batch
     iteration_s = scale * (base.generator_steps * generator_s + base.student_steps * student_s
                            + vae_steps * vae_s)
     epoch_s = base.iters_per_epoch * iteration_s + eval_s / base.eval_every
     where = (f"measured here on {device.type}"
-             + (f" ({torch.cuda.get_device_name()})" if cuda else
-                f" with {max(1, int(study.cpus))} thread(s)")
+             + (f" ({torch.cuda.get_device_name()})" if cuda else f" with {threads} thread(s)")
              + f": generator step {1e3 * generator_s:.1f} ms, student step "
              f"{1e3 * student_s:.1f} ms"
              + (f", VAE step {1e3 * vae_s:.1f} ms x {vae_steps}" if vae_steps else "")
@@ -125,7 +123,6 @@ META_FACTOR = {"acquire": 1.0, "joint": 1.0, "meta": 1.4}
 
 
 def _forward_flops(model: Any, inputs: Any) -> float:
-    import torch
     from torch.utils.flop_counter import FlopCounterMode
 
     model.eval()
@@ -136,10 +133,7 @@ def _forward_flops(model: Any, inputs: Any) -> float:
 
 def model_epoch_seconds(study: Study) -> tuple[float, str]:
     """Seconds per epoch of one trial on one GPU, from counted FLOPs (see above)."""
-    import torch
-
     from lrwa.generator import Generator
-    from lrwa.models import build_model
     from lrwa.vae import VAE
 
     base, teacher, spec = _measurement_setup(study)
@@ -185,8 +179,8 @@ def dry_run(study: Study, storage: str | os.PathLike[str] = DEFAULT_STORAGE,
         f"{base['iters_per_epoch']} iterations x {base['student_steps']} student steps, "
         f"batch {base['batch_size']}, seed {base['seed']}")
     out("  space:")
-    for name, text in describe_space(study):
-        out(f"    {name}: {text}")
+    for name, entry in study.space.items():
+        out(f"    {name}: {entry.describe()}")
     objective = ", ".join(f"{o.direction} {o.metric}" for o in study.objectives)
     out(f"  objective: {objective}" + ("  (Pareto front)" if study.multi_objective else ""))
     scheduler = (f"asha (grace {study.grace_period}, reduction {study.reduction_factor:g})"
@@ -210,8 +204,6 @@ def dry_run(study: Study, storage: str | os.PathLike[str] = DEFAULT_STORAGE,
     if not measure:
         return estimate
     try:
-        import torch
-
         if study.gpus > 0 and not torch.cuda.is_available():
             epoch_s, how = model_epoch_seconds(study)
         else:
@@ -221,7 +213,7 @@ def dry_run(study: Study, storage: str | os.PathLike[str] = DEFAULT_STORAGE,
         return estimate
     epochs = expected_epochs(study)
     trial_s = epochs * epoch_s / study.workers
-    most_s = int(base["epochs"]) * epoch_s / study.workers
+    most_s = study.epochs * epoch_s / study.workers
     parallel = max(1, min(study.max_concurrent, study.trials))
     teacher_s = teacher_training_seconds(study)
     # Trials run `parallel` at a time; a study starts with Ray and its first worker.
@@ -249,11 +241,7 @@ def dry_run(study: Study, storage: str | os.PathLike[str] = DEFAULT_STORAGE,
 def missing_inputs(study: Study) -> list[str]:
     """What the study's trials would need and cannot find: the teacher file, the data set's
     files under data_root (read here, as a trial would; the bundled sets always exist)."""
-    from lrwa.config import from_mapping
-    from lrwa.data import dataset_spec, load_split
-    from lrwa.teacher import DEFAULT_TEACHER
-
-    base = from_mapping(study.base)
+    base = study.base_config()
     problems, dataset = [], base.dataset
     if base.teacher is None:
         dataset = DEFAULT_TEACHER["dataset"]
@@ -285,7 +273,7 @@ def expected_epochs(study: Study) -> float:
     """Epochs per trial with ASHA's successive halving: every trial reaches the grace
     period, 1/r of them the next rung (grace x r), 1/r^2 the one after, and so on to the
     last epoch. Without a scheduler every trial runs every epoch."""
-    epochs = int(study.base["epochs"])
+    epochs = study.epochs
     if study.scheduler.type != "asha":
         return float(epochs)
     expected, rung, survivors = 0.0, 0, 1.0
@@ -301,18 +289,6 @@ def expected_epochs(study: Study) -> float:
 def teacher_training_seconds(study: Study) -> float:
     """Seconds to train the embedded teacher when the study needs it and it is not cached:
     a few of its recipe's batches timed here, scaled to the whole recipe; else 0."""
-    import torch
-    from torch.utils.data import DataLoader
-
-    from lrwa.data import dataset_spec, load_split
-    from lrwa.models import build_model
-    from lrwa.teacher import (
-        DEFAULT_TEACHER,
-        RECIPES,
-        default_teacher_path,
-        torch_threads,
-    )
-
     if study.base.get("teacher") is not None or default_teacher_path().is_file():
         return 0.0
     dataset, arch = DEFAULT_TEACHER["dataset"], DEFAULT_TEACHER["arch"]

@@ -9,7 +9,6 @@ that the trials ran with.
 from __future__ import annotations
 
 import warnings
-from typing import Any
 
 import optuna
 from optuna.distributions import (
@@ -49,13 +48,3 @@ def build_sampler(study: Study) -> optuna.samplers.BaseSampler:
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         return optuna.samplers.TPESampler(seed=study.seed, multivariate=True,
                                           n_startup_trials=study.n_startup_trials)
-
-
-def describe_space(study: Study) -> list[tuple[str, str]]:
-    """(key, human-readable distribution) pairs for the dry run and the report."""
-    return [(name, parameter.describe()) for name, parameter in study.space.items()]
-
-
-def to_python(value: Any) -> Any:
-    """Optuna/NumPy scalars to plain Python, for YAML and Parquet."""
-    return value.item() if hasattr(value, "item") else value

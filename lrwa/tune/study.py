@@ -297,9 +297,7 @@ class Study(_Section):
 
     def trial_config(self, params: Mapping[str, Any]) -> DistillConfig:
         """The config a trial runs: base, then its variant's keys, then its other values."""
-        values = dict(params)
-        bundle = self.variants[values.pop(VARIANT)] if VARIANT in values else {}
-        config = from_mapping({**bundle, **values}, base=self.base_config())
+        config = from_mapping(_expand(params, self.variants), base=self.base_config())
         if config.teacher is None:
             # The embedded teacher, named as a run's config.yaml names it, so best_config.yaml
             # says what the trial distilled.
@@ -510,7 +508,7 @@ def _expand(values: Mapping[str, Any], variants: Mapping[str, Mapping[str, Any]]
             ) -> dict[str, Any]:
     """Config keys of a point of the space: its variant's bundle, then its other values."""
     values = dict(values)
-    return {**variants.get(values.pop(VARIANT, None), {}), **values}
+    return {**(variants[values.pop(VARIANT)] if VARIANT in values else {}), **values}
 
 
 def _variants(raw: Mapping[str, dict[str, Any]], base: DistillConfig
@@ -623,9 +621,7 @@ def _check_corners(space: dict[str, SpaceEntry], base: DistillConfig,
     """Every combination of range ends and choices must be a valid config."""
     options = [p.choices if p.type == "categorical" else (p.low, p.high)
                for p in space.values()]
-    for count, combination in enumerate(itertools.product(*options)):
-        if count >= MAX_CORNERS:
-            return
+    for combination in itertools.islice(itertools.product(*options), MAX_CORNERS):
         values = dict(zip(space, combination))
         try:
             from_mapping(_expand(values, variants), base=base)
@@ -643,17 +639,15 @@ def _points(raw: list[Any], space: dict[str, SpaceEntry], base: DistillConfig,
         point = _validated(_keys(tuple(space)), point, key_path)
         filled = {}
         for name, entry in space.items():
-            if name in point:
-                value = point[name]
-                if not entry.contains(value):
-                    raise _Problem(f"{key_path}.{name}", f"{shown(value)} is outside the "
-                                   f"space ({entry.describe()})")
-            else:
-                value = getattr(base, name)
-                if not entry.contains(value):
-                    raise _Problem(key_path, f"'{name}' is not given and the base value "
-                                   f"{shown(value)} is outside the space "
-                                   f"({entry.describe()})")
+            if name == VARIANT and name not in point:  # the base has no variant to fall back on
+                raise _Problem(key_path, f"names no '{VARIANT}': a point picks one of "
+                               f"variants ({', '.join(variants)})")
+            value = point[name] if name in point else getattr(base, name)
+            if not entry.contains(value):
+                outside = f"{shown(value)} is outside the space ({entry.describe()})"
+                if name in point:
+                    raise _Problem(f"{key_path}.{name}", outside)
+                raise _Problem(key_path, f"'{name}' is not given and the base value {outside}")
             filled[name] = int(value) if entry.type == "int" else value
         _config(key_path, _expand(filled, variants), base)
         points.append(filled)
