@@ -40,6 +40,7 @@ from lrwa.tune.views import read_views
 
 RANKED_STATUSES = (COMPLETED, STOPPED_EARLY)
 PERCENT_METRICS = ("best_acc", "mean_acc", "final_acc", "max_drop")
+SCALES = {**dict.fromkeys(PERCENT_METRICS, 100), "var_acc": 1e4}  # accuracies to %, var_acc to %²
 ACCURACY_METRICS = ("best_acc", "mean_acc", "final_acc")
 # fANOVA fits a forest to (parameters -> objective); with fewer trials its shares follow
 # the sampler's few draws, not the objective (2 trials gave "alpha 0.62" for one alpha).
@@ -51,12 +52,9 @@ MIN_IMPORTANCE_TRIALS = 10
 def pareto_mask(values: np.ndarray, directions: list[str]) -> np.ndarray:
     """True for rows no other row beats in every objective (and strictly in one)."""
     signed = values * np.array([1.0 if d == "max" else -1.0 for d in directions])
-    mask = np.ones(len(signed), dtype=bool)
-    for index, row in enumerate(signed):
-        others = np.delete(signed, index, axis=0)
-        dominated = np.any(np.all(others >= row, axis=1) & np.any(others > row, axis=1))
-        mask[index] = not dominated
-    return mask
+    other, row = signed[:, None], signed[None, :]  # [i, j]: row i against row j
+    beats = (other >= row).all(axis=2) & (other > row).any(axis=2)
+    return ~beats.any(axis=0)
 
 
 def rank_trials(trials: pd.DataFrame, objectives: list[dict[str, str]]) -> pd.DataFrame:
@@ -76,10 +74,9 @@ def rank_trials(trials: pd.DataFrame, objectives: list[dict[str, str]]) -> pd.Da
                 ranked.loc[complete, metrics].to_numpy(float),
                 [objective["direction"] for objective in objectives])
     ascending = objectives[0]["direction"] == "min"
-    ranked["_complete"] = complete
-    ranked = ranked.sort_values(["_complete", metrics[0], "number"],
-                                ascending=[False, ascending, True], kind="stable")
-    return ranked.drop(columns="_complete").reset_index(drop=True)
+    return ranked.assign(_complete=complete).sort_values(
+        ["_complete", metrics[0], "number"], ascending=[False, ascending, True], kind="stable"
+    ).drop(columns="_complete").reset_index(drop=True)
 
 
 def best_config(trials: pd.DataFrame, objectives: list[dict[str, str]]) -> tuple[str, dict]:
@@ -117,7 +114,9 @@ def _save(store: StudyStore, figure: Any, name: str) -> str:
     return relative
 
 
-def _finish(axis: Any, xlabel: str, ylabel: str, title: str, legend_size: float) -> None:
+def _finish(store: StudyStore, figure: Any, axis: Any, name: str, xlabel: str, ylabel: str,
+            title: str, legend_size: float = 8) -> str:
+    """Label the axis, add its grid and legend, and save the figure as report/<name>."""
     from matplotlib.ticker import MaxNLocator
 
     if xlabel == "epoch":
@@ -127,6 +126,7 @@ def _finish(axis: Any, xlabel: str, ylabel: str, title: str, legend_size: float)
     axis.set_title(title)
     axis.grid(alpha=0.3)
     axis.legend(fontsize=legend_size)
+    return _save(store, figure, name)
 
 
 def metric_label(metric: str) -> str:
@@ -137,20 +137,13 @@ def metric_label(metric: str) -> str:
 
 def metric_values(metric: str, values: Any) -> Any:
     """Accuracies as %, their variance as %²."""
-    if metric in PERCENT_METRICS:
-        return 100 * values
-    return 1e4 * values if metric == "var_acc" else values
+    return SCALES[metric] * values if metric in SCALES else values
 
 
 def show_value(value: Any) -> str:
     if isinstance(value, (float, np.floating)):
         return str(int(value)) if float(value).is_integer() else f"{value:.3g}"
     return str(value)
-
-
-def trial_label(row: pd.Series, searched: list[str]) -> str:
-    settings = " ".join(f"{name}={show_value(row[name])}" for name in searched)
-    return f"{row['trial_id']} ({row['status']}) {settings}"
 
 
 def chance_level(config: dict[str, Any]) -> float | None:
@@ -184,20 +177,19 @@ def plot_top_curves(store: StudyStore, curves: pd.DataFrame, ranked: pd.DataFram
     if curves.empty or ranked.empty:
         return None
     figure, axis = _figure(8, 4.5)
-    drawn: list[float] = []
     shown = ranked.head(top)
     for _, row in shown.iterrows():
         curve = curves[curves["trial_id"] == row["trial_id"]].dropna(subset=["test_acc"])
         stopped = row["status"] != COMPLETED
+        settings = " ".join(f"{name}={show_value(row[name])}" for name in searched)
         axis.plot(curve["epoch"], 100 * curve["test_acc"], marker="v" if stopped else "o",
                   markersize=3, linestyle="--" if stopped else "-",
-                  label=trial_label(row, searched))
-        drawn.extend(100 * curve["test_acc"])
-    accuracy_axis(axis, drawn, chance)
+                  label=f"{row['trial_id']} ({row['status']}) {settings}")
+    accuracy_axis(axis, 100 * curves.loc[curves["trial_id"].isin(shown["trial_id"]), "test_acc"],
+                  chance)
     dashed = " (dashed: stopped early)" if (shown["status"] != COMPLETED).any() else ""
-    _finish(axis, "epoch", "test accuracy (%)",
-            f"learning curves of the top {len(shown)} trials{dashed}", 7)
-    return _save(store, figure, "top_learning_curves.png")
+    return _finish(store, figure, axis, "top_learning_curves.png", "epoch", "test accuracy (%)",
+                   f"learning curves of the top {len(shown)} trials{dashed}", 7)
 
 
 def plot_curves_by_mode(store: StudyStore, curves: pd.DataFrame, trials: pd.DataFrame,
@@ -206,18 +198,16 @@ def plot_curves_by_mode(store: StudyStore, curves: pd.DataFrame, trials: pd.Data
     completed trials (thick), a fixed set, so the mean does not jump as ASHA stops trials."""
     if curves.empty:
         return None
-    statuses = dict(zip(trials["trial_id"], trials["status"], strict=True))
+    done = set(trials.loc[trials["status"] == COMPLETED, "trial_id"])
     figure, axis = _figure(8, 4.5)
     groups = curves.dropna(subset=["test_acc"]).groupby(["mode", "replay"])
     for index, ((mode, replay), group) in enumerate(groups):
         colour = f"C{index % 10}"
-        completed = [trial for trial in group["trial_id"].unique()
-                     if statuses.get(trial) == COMPLETED]
+        completed = set(group["trial_id"]) & done
         others = group["trial_id"].nunique() - len(completed)
         for trial_id, curve in group.groupby("trial_id"):
-            done = trial_id in completed
-            axis.plot(curve["epoch"], 100 * curve["test_acc"], color=colour,
-                      alpha=0.3, linestyle="-" if done else "--", linewidth=1)
+            axis.plot(curve["epoch"], 100 * curve["test_acc"], color=colour, alpha=0.3,
+                      linestyle="-" if trial_id in completed else "--", linewidth=1)
         aside = f"; {others} stopped early or unfinished (dashed), not averaged" if others else ""
         if completed:
             mean = group[group["trial_id"].isin(completed)].groupby("epoch")["test_acc"].mean()
@@ -229,31 +219,26 @@ def plot_curves_by_mode(store: StudyStore, curves: pd.DataFrame, trials: pd.Data
             axis.plot([], [], color=colour, linestyle="--",
                       label=f"{mode} / {replay}: no completed trial to average{aside}")
     accuracy_axis(axis, 100 * curves["test_acc"].dropna(), chance)
-    _finish(axis, "epoch", "test accuracy (%)", "learning curves by mode and replay", 8)
-    return _save(store, figure, "learning_curves_by_mode.png")
+    return _finish(store, figure, axis, "learning_curves_by_mode.png", "epoch",
+                   "test accuracy (%)", "learning curves by mode and replay")
 
 
-def _plain_log_axis(axis: Any, values: Any = None) -> None:
-    """A log axis labelled 0.05, 0.1, 0.2, 512, 1024: plain numbers, never 1e-1. With a
+def _log_x(axis: Any, values: Any) -> None:
+    """A log x axis labelled 0.05, 0.1, 0.2, 512, 1024: plain numbers, never 1e-1. With a
     few distinct `values` (a small study) the ticks are those values, since 1-2-5 steps
     may leave a narrow range with one label."""
-    from matplotlib.ticker import (
-        FixedLocator,
-        FuncFormatter,
-        LogLocator,
-        NullFormatter,
-        StrMethodFormatter,
-    )
+    from matplotlib import ticker
 
-    distinct = sorted(set(values)) if values is not None else []
+    axis.set_xscale("log")
+    distinct, xaxis = sorted(set(values)), axis.xaxis
     if 2 <= len(distinct) <= 6:
-        axis.set_major_locator(FixedLocator(distinct))
-        axis.set_major_formatter(FuncFormatter(
+        xaxis.set_major_locator(ticker.FixedLocator(distinct))
+        xaxis.set_major_formatter(ticker.FuncFormatter(
             lambda x, _: f"{x:.0f}" if abs(x) >= 100 else f"{x:.3g}"))
     else:
-        axis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
-        axis.set_major_formatter(StrMethodFormatter("{x:g}"))
-    axis.set_minor_formatter(NullFormatter())
+        xaxis.set_major_locator(ticker.LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+        xaxis.set_major_formatter(ticker.StrMethodFormatter("{x:g}"))
+    xaxis.set_minor_formatter(ticker.NullFormatter())
 
 
 def _split(ranked: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -283,11 +268,9 @@ def plot_alpha_ratio(store: StudyStore, ranked: pd.DataFrame, metric: str) -> st
         axis.scatter(stopped["alpha"], stopped["replay_ratio"], s=60, marker="v",
                      facecolors="none", edgecolors="grey", label=_stopped_label(stopped))
     if (ranked["alpha"] > 0).all() and ranked["alpha"].nunique() > 1:
-        axis.set_xscale("log")
-        _plain_log_axis(axis.xaxis, ranked["alpha"])
-    _finish(axis, "alpha (inner step size)", "replay ratio",
-            f"{metric} over alpha x replay ratio", 8)
-    return _save(store, figure, "alpha_replay_ratio.png")
+        _log_x(axis, ranked["alpha"])
+    return _finish(store, figure, axis, "alpha_replay_ratio.png", "alpha (inner step size)",
+                   "replay ratio", f"{metric} over alpha x replay ratio")
 
 
 def plot_buffer_size(store: StudyStore, ranked: pd.DataFrame, metric: str,
@@ -307,11 +290,9 @@ def plot_buffer_size(store: StudyStore, ranked: pd.DataFrame, metric: str,
                      transform=axis.get_xaxis_transform(), label=_stopped_label(stopped))
     if metric in ACCURACY_METRICS:
         accuracy_axis(axis, metric_values(metric, completed[metric]), chance)
-    axis.set_xscale("log")
-    _plain_log_axis(axis.xaxis, ranked["buffer_size"])
-    _finish(axis, "buffer size (samples)", metric_label(metric),
-            f"effect of buffer size on {metric}", 8)
-    return _save(store, figure, "buffer_size.png")
+    _log_x(axis, ranked["buffer_size"])
+    return _finish(store, figure, axis, "buffer_size.png", "buffer size (samples)",
+                   metric_label(metric), f"effect of buffer size on {metric}")
 
 
 def _varied(trials: list[Any]) -> tuple[list[str], list[str]]:
@@ -384,8 +365,8 @@ def plot_importances(store: StudyStore, importances: dict[str, float], basis: st
 def _cell(value: Any, metric: str) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "-"
-    if metric in PERCENT_METRICS or metric == "var_acc":
-        return f"{metric_values(metric, value):.2f}"
+    if metric in SCALES:
+        return f"{SCALES[metric] * value:.2f}"
     return show_value(value)
 
 

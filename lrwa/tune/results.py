@@ -7,10 +7,9 @@
 
 While a trial runs, its epochs are in Ray's own record of its reports
 (`ray/<trial_id>/result.json`) and in the driver's memory; its curve file is written
-once, when it ends, so an epoch costs the driver an append and no write. Both the curves
-and the trial table are views: `views.py` rebuilds them from the Optuna journal (status,
-error, parameters) and what Ray persisted for each trial. Column types are fixed per
-study, so the files always unify; every file carries its own `trial_id` as a string column.
+once, when it ends, so an epoch costs the driver an append and no write. Both files are
+views (`views.py` rebuilds them). Column types are fixed per study, so the files always
+unify; every file carries its own `trial_id` as a string column.
 
 `load_study(location)` reads both back as pandas frames, from a folder or an object
 store, without copying anything locally.
@@ -21,7 +20,7 @@ from __future__ import annotations
 import io
 import json
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import pandas as pd
@@ -44,10 +43,6 @@ from lrwa.tune.storage import StudyStore, open_study_location
 from lrwa.tune.study import VARIANT, field_kind
 
 Row = Mapping[str, Any]
-SETTING_COLUMNS = ("mode", "replay", "seed")
-TRIAL_COLUMNS = ("teacher_acc", "teacher_gap")
-
-
 _ARROW_TYPES = {"int": pa.int64(), "float": pa.float64(), "bool": pa.bool_(), "str": pa.string()}
 
 
@@ -57,17 +52,18 @@ def config_column_type(name: str) -> pa.DataType:
 
 
 def setting_columns(searched: Sequence[str]) -> list[str]:
-    """The searched keys first, then mode, replay and seed (each once)."""
-    return list(dict.fromkeys([*searched, *SETTING_COLUMNS]))
+    return list(dict.fromkeys([*searched, "mode", "replay", "seed"]))  # each once
+
+
+def _schema(searched: Sequence[str], first: list[tuple[str, pa.DataType]],
+            floats: Sequence[str], last: Sequence[tuple[str, pa.DataType]] = ()) -> pa.Schema:
+    return pa.schema([("study", pa.string()), ("trial_id", pa.string()), *first,
+                      *[(name, config_column_type(name)) for name in setting_columns(searched)],
+                      *[(name, pa.float64()) for name in floats], *last])
 
 
 def curve_schema(searched: Sequence[str], probes: Sequence[str] = ()) -> pa.Schema:
-    return pa.schema([
-        pa.field("study", pa.string()), pa.field("trial_id", pa.string()),
-        pa.field("epoch", pa.int64()),
-        *[pa.field(name, config_column_type(name)) for name in setting_columns(searched)],
-        *[pa.field(name, pa.float64()) for name in (*EPOCH_METRICS, *probes)],
-    ])
+    return _schema(searched, [("epoch", pa.int64())], (*EPOCH_METRICS, *probes))
 
 
 def curve_path(trial_id: str) -> str:
@@ -117,19 +113,20 @@ def delete_curve(store: StudyStore, trial_id: str) -> None:
     store.delete(curve_path(trial_id))
 
 
-def read_rows_file(store: StudyStore, relative: str) -> list[dict[str, Any]] | None:
+def read_parquet(store: StudyStore, relative: str,
+                 convert: Callable[[pa.Table], Any] = lambda table: table) -> Any:
+    """The Parquet file `relative` through `convert`, or None when it is missing or damaged
+    (the caller rebuilds or skips it)."""
     data = store.read_bytes(relative)
-    if data is None:
-        return None
     try:
-        return parquet_table(data).to_pylist()
-    except (pa.ArrowException, OSError, ValueError):
-        return None  # damaged: the caller rebuilds or skips it
+        return convert(parquet_table(data)) if data else None
+    except (pa.ArrowException, OSError, ValueError):  # damaged bytes fail in many ways
+        return None
 
 
 def read_curve_rows(store: StudyStore, trial_id: str) -> list[dict[str, Any]]:
     """A trial's curve file's rows (none when it has none yet, or an unreadable one)."""
-    return read_rows_file(store, curve_path(trial_id)) or []
+    return read_parquet(store, curve_path(trial_id), pa.Table.to_pylist) or []
 
 
 def replace_from(rows: Sequence[Row], row: Row) -> list[dict[str, Any]]:
@@ -149,32 +146,26 @@ def curve_summary(rows: Sequence[Row], warmup_epochs: int) -> dict[str, Any]:
 # -- the trial table -----------------------------------------------------------------------
 
 def trials_schema(searched: Sequence[str]) -> pa.Schema:
-    return pa.schema([
-        pa.field("study", pa.string()), pa.field("trial_id", pa.string()),
-        pa.field("number", pa.int64()), pa.field("status", pa.string()),
-        pa.field("error", pa.string()),
-        *[pa.field(name, config_column_type(name)) for name in setting_columns(searched)],
-        *[pa.field(name, pa.float64()) for name in (*OBJECTIVE_METRICS, *TRIAL_COLUMNS)],
-        pa.field("epochs_run", pa.int64()), pa.field("epochs", pa.int64()),
-        pa.field("wall_s", pa.float64()), pa.field("run_dir", pa.string()),
-        pa.field("config", pa.string()),
-        *[pa.field(f"version_{name}", pa.string()) for name in VERSION_KEYS],
-    ])
+    string, integer = pa.string(), pa.int64()
+    return _schema(searched, [("number", integer), ("status", string), ("error", string)],
+                   (*OBJECTIVE_METRICS, "teacher_acc", "teacher_gap"),
+                   [("epochs_run", integer), ("epochs", integer), ("wall_s", pa.float64()),
+                    ("run_dir", string), ("config", string),
+                    *[(f"version_{name}", string) for name in VERSION_KEYS]])
+
+
+def _trials_cell(field: pa.Field, value: Any) -> Any:
+    if field.name == "config" and isinstance(value, Mapping):
+        return json.dumps(dict(value))
+    return float(value) if pa.types.is_floating(field.type) and value is not None else value
 
 
 def write_trials_table(store: StudyStore, searched: Sequence[str],
                        records: Sequence[Row]) -> None:
     """Replace trials.parquet with one row per record (missing values become null)."""
     schema = trials_schema(searched)
-    columns: dict[str, list[Any]] = {field.name: [] for field in schema}
-    for record in records:
-        for field in schema:
-            value = record.get(field.name)
-            if field.name == "config" and isinstance(value, Mapping):
-                value = json.dumps(dict(value))
-            elif pa.types.is_floating(field.type) and value is not None:
-                value = float(value)
-            columns[field.name].append(value)
+    columns = {field.name: [_trials_cell(field, record.get(field.name)) for record in records]
+               for field in schema}
     store.write_bytes(TRIALS_FILE, _parquet_bytes(pa.Table.from_pydict(columns, schema=schema)))
 
 
@@ -185,17 +176,13 @@ def _unreadable(store: StudyStore, relative: str, error: BaseException) -> LrwaE
                      "it may be truncated or not written by lrwa")
 
 
-def load_curves(store: StudyStore) -> pd.DataFrame:
-    """Every curve file's rows, one row per (trial, epoch), sorted by trial and epoch.
-    Damaged files are left out here; `views.heal_views` rebuilds them."""
-    tables = []
-    for path in store.list_files(CURVES_DIR, recursive=False):
-        if path.endswith(".parquet") and not path.rpartition("/")[2].startswith("."):
-            data = store.read_bytes(path)
-            try:
-                tables.append(parquet_table(data)) if data else None
-            except (pa.ArrowException, OSError, ValueError):
-                continue
+def load_curves(store: StudyStore, running: Sequence[pa.Table] = ()) -> pd.DataFrame:
+    """Every curve file's rows and the `running` trials' ones, one row per (trial, epoch),
+    sorted by trial and epoch. Damaged files are left out here; `views.heal_views`
+    rebuilds them."""
+    tables = [table for path in store.list_files(CURVES_DIR, recursive=False)
+              if path.endswith(".parquet") and not path.rpartition("/")[2].startswith(".")
+              and (table := read_parquet(store, path)) is not None] + list(running)
     if not tables:
         return pd.DataFrame()
     try:

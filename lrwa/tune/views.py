@@ -19,7 +19,6 @@ from typing import Any
 import pandas as pd
 import pyarrow as pa
 
-from lrwa.errors import LrwaError
 from lrwa.sinks import METRICS_FILE
 from lrwa.tune.internals import RESULT_FILE
 from lrwa.tune.layout import (
@@ -40,16 +39,16 @@ from lrwa.tune.results import (
     curve_table,
     load_curves,
     load_trials,
-    parquet_table,
-    read_curve_rows,
-    read_rows_file,
+    read_parquet,
+    read_study_record,
     replace_from,
+    setting_columns,
     trials_schema,
     write_curve,
     write_trials_table,
 )
 from lrwa.tune.storage import StudyStore
-from lrwa.tune.study import CONFIG_KEYS, VARIANT, Study
+from lrwa.tune.study import CONFIG_KEYS, VARIANT, Study, parse_study
 
 Printer = Callable[[str], None]
 
@@ -63,18 +62,16 @@ def trial_record(study: Study, store: StudyStore, trial_id: str, journal_trial: 
     summary = curve_summary(rows, config["warmup_epochs"])
     attrs = journal_trial.user_attrs
     teacher_acc = attrs.get("teacher_acc")
+    versions = attrs.get(VERSIONS_ATTR) or {}
     return {
         "study": store.name, "trial_id": trial_id, "number": journal_trial.number,
         "status": status_of(journal_trial), "error": attrs.get(ERROR_ATTR),
-        **{key: config[key] for key in dict.fromkeys([*study.searched, "mode", "replay",
-                                                      "seed"])},
+        **{key: config[key] for key in setting_columns(study.searched)},
         **{key: summary[key] for key in (*OBJECTIVE_METRICS, "epochs_run", "wall_s")},
         "teacher_acc": teacher_acc,
-        "teacher_gap": (teacher_acc - summary["best_acc"] if teacher_acc is not None
-                        else None),
+        "teacher_gap": None if teacher_acc is None else teacher_acc - summary["best_acc"],
         "epochs": config["epochs"], "run_dir": attrs.get(RUN_DIR_ATTR), "config": config,
-        **{f"version_{key}": (attrs.get(VERSIONS_ATTR) or {}).get(key)
-           for key in VERSION_KEYS},
+        **{f"version_{key}": versions.get(key) for key in VERSION_KEYS},
     }
 
 
@@ -97,32 +94,16 @@ def ray_rows(store: StudyStore, trial_id: str) -> list[dict[str, Any]]:
         if isinstance(result, dict) and "epoch" in result and ERROR_KEY not in result:
             from_results = replace_from(from_results, {
                 "epoch": int(result["epoch"]), **epoch_values(result)})
-    from_checkpoint: list[dict[str, Any]] = []
     metrics = [path for path in store.list_files(f"{RAY_DIR}/{trial_id}")
                if path.endswith(f"/{METRICS_FILE}")]
-    for path in sorted(metrics, reverse=True):  # checkpoint_NNNNNN: the newest first
-        found = store.read_bytes(path)
-        try:
-            table = parquet_table(found) if found else None
-        except (pa.ArrowException, OSError, ValueError):
-            continue
-        if table is not None and table.num_rows:
-            from_checkpoint = [{"epoch": row["epoch"], **epoch_values(row)}
-                               for row in table.to_pylist()]
-            break
+    # checkpoint_NNNNNN: the newest readable one that holds rows
+    newest = next((rows for path in sorted(metrics, reverse=True)
+                   if (rows := read_parquet(store, path, pa.Table.to_pylist))), [])
+    from_checkpoint = [{"epoch": row["epoch"], **epoch_values(row)} for row in newest]
     # The checkpoint's rows are whole from epoch 1; result.json can lack early lines (Ray's
     # logger copies the storage's older copy over it when it retries a trial).
     last = _last_epoch(from_checkpoint)
     return from_checkpoint + [row for row in from_results if int(row["epoch"]) > last]
-
-
-def read_journal_copy(store: StudyStore) -> dict[str, Any]:
-    """The journal's trials by lrwa trial id (`journal.journal_copy`); empty when the study
-    has no journal yet."""
-    from lrwa.tune.journal import journal_copy, lrwa_trials
-
-    with journal_copy(store) as optuna_study:
-        return lrwa_trials(optuna_study) if optuna_study is not None else {}
 
 
 def read_table_rows(store: StudyStore, searched: Sequence[str] | None = None
@@ -130,14 +111,10 @@ def read_table_rows(store: StudyStore, searched: Sequence[str] | None = None
     """trials.parquet by trial id; empty when it is missing, damaged (its pages carry
     checksums, so damage fails to read instead of reading as wrong values) or not of this
     study's schema: it is a view, rebuilt by `heal_views`."""
-    data = store.read_bytes(TRIALS_FILE)
-    if data is None:
+    read = read_parquet(store, TRIALS_FILE, lambda table: (table, table.to_pylist()))
+    if read is None:
         return {}
-    try:
-        table = parquet_table(data)
-        rows = table.to_pylist()
-    except (pa.ArrowException, OSError, ValueError):  # damaged bytes fail in many ways
-        return {}
+    table, rows = read
     # The footer's column names carry no checksum: a damaged name must not read as a column.
     names = set(table.column_names)
     if not {"trial_id", "status"} <= names or len(names) < table.num_columns or (
@@ -158,9 +135,9 @@ def heal_views(store: StudyStore, study: Study, journal: Mapping[str, Any],
     rebuilt_curves, lost_curves = [], []
     rows_of: dict[str, list[dict[str, Any]]] = {}
     for trial_id, journal_trial in journal.items():
-        rows = read_curve_rows(store, trial_id)
-        if status_of(journal_trial) != UNFINISHED and read_rows_file(
-                store, curve_path(trial_id)) is None:
+        found = read_parquet(store, curve_path(trial_id), pa.Table.to_pylist)
+        rows = found or []
+        if found is None and status_of(journal_trial) != UNFINISHED:
             # An ended trial's curve file is missing or damaged: Ray's files hold its epochs.
             rows = max(ray_rows(store, trial_id), rows, key=_last_epoch)
             if rows:
@@ -174,7 +151,7 @@ def heal_views(store: StudyStore, study: Study, journal: Mapping[str, Any],
     stale = table is None or set(table) != set(journal) or any(
         table[trial_id].get("status") != status_of(trial)
         or trial_id in rebuilt_curves for trial_id, trial in journal.items())
-    records = dict(table or {})
+    records = table
     if stale:
         records = {trial_id: trial_record(study, store, trial_id, trial, rows_of[trial_id])
                    for trial_id, trial in journal.items()}
@@ -193,36 +170,21 @@ def heal_views(store: StudyStore, study: Study, journal: Mapping[str, Any],
     return records
 
 
-def study_of_record(record: Mapping[str, Any], store: StudyStore) -> Study:
-    from lrwa.tune.study import parse_study
-
-    raw = record.get("file")
-    if not isinstance(raw, Mapping):
-        raise LrwaError(f"{store.location()} was made by an older lrwa (its study.json lacks "
-                        "the study file); rerun it with `lrwa tune` to rebuild its views")
-    return parse_study(raw, str(record.get("source")))
-
-
 def read_views(store: StudyStore, out: Printer) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(trials, curves) of a study after healing its views (the readers' entry). A trial
     still running has no curve file yet: its rows come from Ray's record of its reports."""
-    from lrwa.tune.journal import status_of
-    from lrwa.tune.results import read_study_record
+    from lrwa.tune.journal import journal_copy, lrwa_trials, status_of
 
     record = read_study_record(store) or {}
-    journal = read_journal_copy(store)
+    with journal_copy(store) as optuna_study:  # the journal's trials by lrwa trial id
+        journal = lrwa_trials(optuna_study) if optuna_study is not None else {}
     if not journal or not isinstance(record.get("file"), Mapping):
         return load_trials(store), load_curves(store)
-    study = study_of_record(record, store)
+    study = parse_study(record["file"], str(record.get("source")))
     heal_views(store, study, journal, out)
-    trials, curves = load_trials(store), load_curves(store)
+    trials = load_trials(store)
     running = [curve_table(store, trial_id, study.searched,
                            study.trial_settings(trial.params), rows)
                for trial_id, trial in journal.items() if status_of(trial) == UNFINISHED
                and (rows := ray_rows(store, trial_id))]
-    if running:
-        frames = [frame for frame in (curves, pa.concat_tables(running, promote_options="permissive").to_pandas())
-                  if not frame.empty]
-        curves = pd.concat(frames, ignore_index=True).sort_values(
-            ["trial_id", "epoch"], kind="stable").reset_index(drop=True)
-    return trials, curves
+    return trials, load_curves(store, running)
