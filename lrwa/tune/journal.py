@@ -91,16 +91,15 @@ def pull_journal(store: StudyStore) -> None:
         return
     stored = stored_journal(store)
     path = store.journal_file()
+    _SENT[store.location()] = len(stored or b"")
     if stored is None:
         path.unlink(missing_ok=True)
-        _SENT[store.location()] = 0
         return
     local = path.read_bytes() if path.is_file() else b""
-    _SENT[store.location()] = len(stored)
     if local.startswith(stored) and local.endswith(b"\n"):
         push_journal(store)
-        return
-    write_with(path, lambda sink: sink.write(stored))
+    else:
+        write_with(path, lambda sink: sink.write(stored))
 
 
 def push_journal(store: StudyStore) -> None:
@@ -125,8 +124,7 @@ def compact_journal(store: StudyStore) -> None:
     if not store.remote or not path.is_file():
         return
     push_journal(store)
-    parts = store.list_files(JOURNAL_PARTS)
-    if parts:
+    if store.list_files(JOURNAL_PARTS):
         store.write_bytes(OPTUNA_FILE, path.read_bytes())
         store.delete(JOURNAL_PARTS)
 
@@ -228,21 +226,20 @@ class TrialIndex:
             self._look(internal)
             self._scanned += 1
 
-    def internal_id(self, trial_id: str) -> int | None:
-        internal = self._internal.get(trial_id)
-        if internal is not None and self.storage.get_trial(internal).user_attrs.get(
-                TRIAL_ID_ATTR) == trial_id:
-            return internal
+    def _scan_all(self) -> None:
+        self._internal, self._scanned, self._untagged = {}, 0, set()
         self._scan_new()
-        internal = self._internal.get(trial_id)
-        if internal is None or self.storage.get_trial(internal).user_attrs.get(
-                TRIAL_ID_ATTR) != trial_id:
-            # Re-tagged since it was seen (a lost trial handed on, `search.py`): look again.
-            self._internal.clear()
-            self._scanned, self._untagged = 0, set()
-            self._scan_new()
+
+    def internal_id(self, trial_id: str) -> int | None:
+        """As last seen, else among the trials added since, else among all again: a trial
+        re-tagged since it was seen (a lost trial handed on, `search.py`)."""
+        for look_again in (self._scan_new, self._scan_all):
             internal = self._internal.get(trial_id)
-        return internal
+            if internal is not None and self.storage.get_trial(internal).user_attrs.get(
+                    TRIAL_ID_ATTR) == trial_id:
+                return internal
+            look_again()
+        return self._internal.get(trial_id)
 
     def get(self, trial_id: str) -> FrozenTrial | None:
         internal = self.internal_id(trial_id)

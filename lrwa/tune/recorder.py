@@ -27,10 +27,12 @@ looked up in `SESSIONS` by the study's location.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import os
 import signal
 import threading
+import types
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -38,6 +40,7 @@ from typing import Any
 from optuna.trial import TrialState
 from ray.tune import Callback
 
+from lrwa.provenance import versions
 from lrwa.tune.commands import Printer, print_line
 from lrwa.tune.journal import (
     TrialIndex,
@@ -112,10 +115,8 @@ def _percent(value: Any) -> str:
 
 
 def params_text(params: dict[str, Any]) -> str:
-    def show(value: Any) -> str:
-        return f"{value:.4g}" if isinstance(value, float) else str(value)
-
-    return " ".join(f"{key}={show(value)}" for key, value in params.items())
+    return " ".join(f"{key}={value:.4g}" if isinstance(value, float) else f"{key}={value}"
+                    for key, value in params.items())
 
 
 def error_of_failed_trial(trial: Any) -> str:
@@ -139,11 +140,8 @@ class StudyRecorder(Callback):
         self.store = store
         self._rows: dict[str, list[dict[str, Any]]] = {}
         self._numbers: dict[str, int] = {}
-        self._optuna: Any = None
         self._index: TrialIndex | None = None
-        self._table: dict[str, dict[str, Any]] | None = None
         self._unwritten = 0
-        self._versions: dict[str, Any] | None = None
 
     def __getstate__(self) -> dict[str, Any]:
         return {"study": self.study, "store": self.store}
@@ -157,15 +155,10 @@ class StudyRecorder(Callback):
         SESSIONS.get(self.store.location(), Session()).out(line)
 
     @property
-    def optuna_study(self) -> Any:
-        if self._optuna is None:
-            self._optuna = open_optuna_study(self.store)
-        return self._optuna
-
-    @property
     def index(self) -> TrialIndex | None:
-        if self._index is None and self.optuna_study is not None:
-            self._index = TrialIndex(self.optuna_study)
+        if self._index is None:
+            optuna_study = open_optuna_study(self.store)
+            self._index = TrialIndex(optuna_study) if optuna_study is not None else None
         return self._index
 
     def _journal_trial(self, trial_id: str) -> Any:
@@ -200,14 +193,12 @@ class StudyRecorder(Callback):
 
     def on_trial_start(self, iteration: int, trials: list[Any], trial: Any,
                        **info: Any) -> None:
-        from lrwa.provenance import versions
-
         journal_trial = self._journal_trial(trial.trial_id)
         if journal_trial is not None and not journal_trial.state.is_finished():
-            if self._versions is None:  # once per session: it asks git and every package
-                self._versions = {key: versions().get(key) for key in VERSION_KEYS}
             set_attrs(self.index, trial.trial_id, {
-                RUN_DIR_ATTR: f"{RAY_DIR}/{trial.trial_id}", VERSIONS_ATTR: self._versions})
+                RUN_DIR_ATTR: f"{RAY_DIR}/{trial.trial_id}",
+                # `versions` asks git and every package once per process, then is cached.
+                VERSIONS_ATTR: {key: versions().get(key) for key in VERSION_KEYS}})
             push_journal(self.store)
 
     def on_trial_result(self, iteration: int, trials: list[Any], trial: Any,
@@ -248,8 +239,7 @@ class StudyRecorder(Callback):
         if journal_trial is None or journal_trial.state.is_finished():
             return
         if failure is not None:
-            # Outside the engine (a process, node or disk): not a verdict on the trial's
-            # configuration. It stays unfinished and the next rerun resumes it.
+            # Outside the engine: no verdict on its configuration (module docstring).
             set_attrs(self.index, trial.trial_id, {ERROR_ATTR: failure})
             self.out(f"{self._label(trial, trials)}  failed: {failure} (a rerun resumes it "
                      "from its last checkpoint)")
@@ -284,8 +274,6 @@ class StudyRecorder(Callback):
         """Before Tune starts: a trial that Tune's experiment state holds as ended and
         the journal as running (a journal that lost its last record, or a driver killed
         between the two) gets its end recorded now, from its curve and last result."""
-        import types
-
         trial = types.SimpleNamespace(trial_id=trial_id, config=params,
                                       last_result=last_result, checkpoint=None)
         self._rows[trial_id] = max(self._rows_of(trial_id), ray_rows(self.store, trial_id),
@@ -295,42 +283,40 @@ class StudyRecorder(Callback):
     def _fail_lost(self, trials: list[Any]) -> None:
         """Once Ray has ended every trial of the budget, a journal trial it never heard of
         can no longer be handed on: it fails, so no trial stays RUNNING."""
-        if self.optuna_study is None or len(trials) < self.study.trials or any(
+        index = self.index
+        if index is None or len(trials) < self.study.trials or any(
                 trial.status not in ("TERMINATED", "ERROR") for trial in trials):
             return
-        for journal_trial in lost_trials(self.optuna_study,
-                                         known={trial.trial_id for trial in trials}):
+        for journal_trial in lost_trials(index.study, known={trial.trial_id for trial in trials}):
             trial_id = journal_trial.user_attrs.get(TRIAL_ID_ATTR)
             if trial_id is not None:
-                record_outcome(self.index, str(trial_id), ERRORED, {}, [],
+                record_outcome(index, str(trial_id), ERRORED, {}, [],
                                {ERROR_ATTR: "lost: the driver stopped before Ray Tune "
                                             "recorded this trial"})
                 self._update_row(str(trial_id))
             else:  # asked of Optuna, never given to a trial: nothing to show for it
-                self.optuna_study.tell(journal_trial.number, state=TrialState.FAIL,
-                                       skip_if_finished=True)
+                index.study.tell(journal_trial.number, state=TrialState.FAIL,
+                                 skip_if_finished=True)
 
     # -- the trial table ----------------------------------------------------------------
 
-    def _load_table(self) -> dict[str, dict[str, Any]]:
-        if self._table is None:
-            self._table = read_table_rows(self.store, self.study.searched)
-        return self._table
+    @functools.cached_property
+    def _table(self) -> dict[str, dict[str, Any]]:
+        return read_table_rows(self.store, self.study.searched)
 
     def _update_row(self, trial_id: str) -> None:
         journal_trial = self._journal_trial(trial_id)
         if journal_trial is None:
             return
-        self._load_table()[trial_id] = trial_record(
+        self._table[trial_id] = trial_record(
             self.study, self.store, trial_id, journal_trial, self._rows_of(trial_id))
         self._unwritten += 1
         self.write_table(force=False)
 
     def write_table(self, force: bool = True) -> None:
         """Write trials.parquet from the rows held (at the end, or when enough changed)."""
-        table = self._load_table()
-        if not table or not force and (
-                self._unwritten * TABLE_REWRITE_SHARE < len(table)):
+        table = self._table
+        if not table or not force and self._unwritten * TABLE_REWRITE_SHARE < len(table):
             return
         write_trials_table(self.store, self.study.searched,
                            sorted(table.values(), key=lambda row: row["number"]))

@@ -12,20 +12,30 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import fcntl
 import json
 import logging
 import os
+import tempfile
 import threading
 import time
 import warnings
+from collections import Counter
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import optuna
+import ray
 import yaml
+from optuna.trial import FrozenTrial
+from ray import tune
+from ray.tune.schedulers import ASHAScheduler
+from ray.tune.search import ConcurrencyLimiter
 
 from lrwa.errors import LrwaError
 from lrwa.provenance import versions
 from lrwa.ray_capacity import cluster_capacity
+from lrwa.ray_connect import connect_ray
 from lrwa.run import Evaluation, resolve_teacher
 from lrwa.tune.commands import Printer, print_line
 from lrwa.tune.integrity import record_state, restored_trials, signing_key, verify_state
@@ -58,10 +68,12 @@ from lrwa.tune.lock import hold_study
 from lrwa.tune.recorder import SESSIONS, Session, StudyRecorder
 from lrwa.tune.resources import check_cluster, trial_bundles
 from lrwa.tune.results import read_study_record
+from lrwa.tune.search import SignedSearchGenerator, StudySearch
 from lrwa.tune.space import build_sampler, optuna_space
 from lrwa.tune.storage import StudyStore, open_store
 from lrwa.tune.study import Study
 from lrwa.tune.trainable import FaultPlan, TrialContext, train_trial
+from lrwa.tune.views import heal_views
 
 # A trial whose process or node dies is retried from its last checkpoint this often.
 MAX_TRIAL_RESTARTS = 3
@@ -136,10 +148,6 @@ def ensure_ray(num_cpus: int | None = None) -> bool:
 
     With a CPU count, a Ray of its own; without, Ray's default: RAY_ADDRESS or a running
     local cluster if there is one, else a new one with every core."""
-    import ray
-
-    from lrwa.ray_connect import connect_ray
-
     if ray.is_initialized():
         return False
     # An unreachable RAY_ADDRESS is refused in one line (and SIGTERM acts as Ctrl+C).
@@ -151,36 +159,25 @@ def ensure_ray(num_cpus: int | None = None) -> bool:
 @contextlib.contextmanager
 def quiet_ray() -> Iterator[None]:
     """Tune's tables and log lines and Optuna's per-trial lines give way to lrwa's own."""
-    import optuna
-
-    loggers = [logging.getLogger(name) for name in ("ray.tune", "ray.train", "ray.air",
-                                                    "ray.util")]
-    levels = [logger.level for logger in loggers]
-    previous = {name: os.environ.get(name) for name in ("RAY_AIR_NEW_OUTPUT",
-                                                         STRICT_METRIC_SWITCH)}
-    previous_optuna = optuna.logging.get_verbosity()
-    os.environ["RAY_AIR_NEW_OUTPUT"] = "0"  # the legacy reporter honours verbose=0 fully
-    # Tune's check that every result names the searcher's metric would end the whole
-    # study on a trial that returns without an epoch (one restored after its end was
-    # recorded); lrwa's searcher reads no result, and ASHA skips results without one.
-    os.environ[STRICT_METRIC_SWITCH] = "1"
-    for logger in loggers:
-        logger.setLevel(logging.CRITICAL)
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            warnings.filterwarnings("ignore", module="ray")
-            yield
-    finally:
-        for logger, level in zip(loggers, levels):
-            logger.setLevel(level)
-        optuna.logging.set_verbosity(previous_optuna)
-        for name, value in previous.items():
-            if value is None:
-                os.environ.pop(name, None)
+    with contextlib.ExitStack() as restore, warnings.catch_warnings():
+        for logger in map(logging.getLogger, ("ray.tune", "ray.train", "ray.air", "ray.util")):
+            restore.callback(logger.setLevel, logger.level)
+            logger.setLevel(logging.CRITICAL)
+        restore.callback(optuna.logging.set_verbosity, optuna.logging.get_verbosity())
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        # RAY_AIR_NEW_OUTPUT=0: the legacy reporter honours verbose=0 fully. STRICT_METRIC_SWITCH
+        # turns off Tune's check that every result names the searcher's metric, which would end
+        # the whole study on a trial that returns without an epoch (one restored after its end
+        # was recorded); lrwa's searcher reads no result, and ASHA skips results without one.
+        for name, value in (("RAY_AIR_NEW_OUTPUT", "0"), (STRICT_METRIC_SWITCH, "1")):
+            if name in os.environ:
+                restore.callback(os.environ.update, {name: os.environ[name]})
             else:
-                os.environ[name] = value
+                restore.callback(os.environ.pop, name, None)
+            os.environ[name] = value
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        warnings.filterwarnings("ignore", module="ray")
+        yield
 
 
 @contextlib.contextmanager
@@ -191,9 +188,6 @@ def _one_new_experiment_per_second() -> Iterator[Callable[[], None]]:
     other's state. Drivers on a node therefore begin experiments one at a time, a second
     apart; the hold ends once Tune has made the experiment (the recorder's `setup` calls
     the yielded function) or when the block ends."""
-    import fcntl
-    import tempfile
-
     path = os.path.join(tempfile.gettempdir(), f"lrwa-tune-start-{os.getuid()}.lock")
     handle = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
     fcntl.flock(handle, fcntl.LOCK_EX)
@@ -238,12 +232,6 @@ def _loggers(study: Study) -> list[Any]:
 def build_tuner(study: Study, store: StudyStore, teacher: Any, concurrency: int,
                 context: TrialContext, out: Printer) -> tuple[Any, bool]:
     """The restored Tuner when Ray holds this study's state, else a new one."""
-    from ray import tune
-    from ray.tune.schedulers import ASHAScheduler
-    from ray.tune.search import ConcurrencyLimiter
-
-    from lrwa.tune.search import SignedSearchGenerator, StudySearch
-
     trainable = tune.with_resources(
         tune.with_parameters(train_trial, context=context, teacher=teacher,
                              evaluation=Evaluation.load(teacher.spec.name, study.base_config())),
@@ -268,15 +256,13 @@ def build_tuner(study: Study, store: StudyStore, teacher: Any, concurrency: int,
         points_to_evaluate=[dict(point) for point in study.points_to_evaluate] or None,
         sampler=build_sampler(study), study_name=store.name, storage=journal_storage(store))
     searcher.budget = study.trials
-    scheduler = None
-    if study.scheduler.type == "asha":
-        # Our own epoch count, not Tune's training_iteration: it survives any restore.
-        scheduler = ASHAScheduler(time_attr="epoch", metric=metrics[0], mode=modes[0],
-                                  max_t=study.epochs, grace_period=study.grace_period,
-                                  reduction_factor=study.reduction_factor,
-                                  # A trial that reaches the last epoch ends on its own, so
-                                  # its checkpoint gets student.pt and the learning curve.
-                                  stop_last_trials=False)
+    # ASHA counts our own epochs, not Tune's training_iteration: they survive any restore.
+    # A trial that reaches the last epoch ends on its own (stop_last_trials=False), so its
+    # checkpoint gets student.pt and the learning curve.
+    scheduler = ASHAScheduler(
+        time_attr="epoch", metric=metrics[0], mode=modes[0], max_t=study.epochs,
+        grace_period=study.grace_period, reduction_factor=study.reduction_factor,
+        stop_last_trials=False) if study.scheduler.type == "asha" else None
     tuner = tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(
@@ -294,27 +280,27 @@ def build_tuner(study: Study, store: StudyStore, teacher: Any, concurrency: int,
 
 # -- the whole study ---------------------------------------------------------------------------
 
-def _ended(store: StudyStore, study: Study) -> tuple[bool, frozenset[str], dict[str, int]]:
-    """From the journal: (every trial of the budget has ended, the ids of the trials that
-    have ended, how many trials hold each status)."""
+def _journal_trials(store: StudyStore) -> dict[str, FrozenTrial]:
     optuna_study = open_optuna_study(store)
-    trials = lrwa_trials(optuna_study) if optuna_study else {}
+    return lrwa_trials(optuna_study) if optuna_study else {}
+
+
+def _ended(study: Study, trials: dict[str, FrozenTrial]
+           ) -> tuple[bool, frozenset[str], dict[str, int]]:
+    """From the journal's trials: (every trial of the budget has ended, the ids of the
+    trials that have ended, how many trials hold each status)."""
     ended = frozenset(trial_id for trial_id, trial in trials.items()
                       if trial.state.is_finished())
-    counts = dict.fromkeys(STATUSES, 0)
-    for trial in trials.values():
-        counts[status_of(trial)] += 1
+    counts = {**dict.fromkeys(STATUSES, 0), **Counter(map(status_of, trials.values()))}
     return len(ended) >= max(study.trials, 1) and len(ended) == len(trials), ended, counts
 
 
-def _check_records(study: Study, store: StudyStore, out: Printer) -> None:
+def _check_records(study: Study, store: StudyStore, out: Printer) -> dict[str, FrozenTrial]:
     """Heal the journal, refuse one that lacks trials Ray ran (cut short, emptied or
-    replaced: nothing can resume from it), and heal the views."""
-    from lrwa.tune.views import heal_views
-
+    replaced: nothing can resume from it), and heal the views; returns the journal's
+    trials."""
     heal_journal(store, out)
-    optuna_study = open_optuna_study(store)
-    journal = lrwa_trials(optuna_study) if optuna_study else {}
+    journal = _journal_trials(store)
     ray_trials = restored_trials(store)
     missing = sorted(set(ray_trials) - set(journal))
     if missing:
@@ -327,17 +313,16 @@ def _check_records(study: Study, store: StudyStore, out: Printer) -> None:
         for trial_id in unrecorded:
             recorder.record_restored_end(trial_id, journal[trial_id].params,
                                          ray_trials[trial_id][1])
-        journal = lrwa_trials(open_optuna_study(store))
+        journal = _journal_trials(store)
     if journal:
         heal_views(store, study, journal, out)
+    return journal
 
 
 def run_study(study: Study, storage: str | os.PathLike[str] = DEFAULT_STORAGE,
               restart: bool = False, out: Printer = print_line,
               faults: FaultPlan | None = None) -> StudyOutcome:
     """Run (or continue) `study` to its budget; the results land in STORAGE/<name>/."""
-    import ray
-
     base = study.base_config()
     if base.teacher is not None and not os.path.isfile(base.teacher):
         raise LrwaError(f"teacher file {base.teacher} does not exist (base.teacher of study "
@@ -349,8 +334,7 @@ def run_study(study: Study, storage: str | os.PathLike[str] = DEFAULT_STORAGE,
     with hold_study(store):
         prepare_study(study, store, restart, out)
         pull_journal(store)
-        _check_records(study, store, out)
-        complete, ended, counts = _ended(store, study)
+        complete, ended, counts = _ended(study, _check_records(study, store, out))
         if complete:
             return StudyOutcome(store, True, counts, True, False, ran=False)
         session = Session(out=out, budget_s=study.time_budget_s)
@@ -379,7 +363,7 @@ def run_study(study: Study, storage: str | os.PathLike[str] = DEFAULT_STORAGE,
             SESSIONS.pop(store.location(), None)
             if started_ray:
                 ray.shutdown()
-        complete, _, counts = _ended(store, study)
+        complete, _, counts = _ended(study, _journal_trials(store))
         return StudyOutcome(store, resumed, counts, complete, session.budget_hit, ran=True)
 
 

@@ -35,7 +35,7 @@ from optuna.trial import FrozenTrial, TrialState
 from ray.tune.search import Searcher, SearchGenerator
 from ray.tune.search.optuna import OptunaSearch
 
-from lrwa.tune.integrity import record_state
+from lrwa.tune.integrity import record_state, restored_trials
 from lrwa.tune.internals import (
     adopt_trial,
     mark_ended,
@@ -65,18 +65,18 @@ class StudySearch(OptunaSearch):
                 self._lost = lost_trials(searcher_study(self),
                                          known=set(trials) | self._restored_trials)
                 self._in_journal = len(searcher_study(self).get_trials(deepcopy=False))
-            if not self._lost and self.budget is not None and self._in_journal >= self.budget:
-                # A trial that ended before Ray recorded it still fills its place in the
-                # budget: Ray, not knowing it, asks for one trial too many.
-                return Searcher.FINISHED
-            if not self._lost:
-                self._in_journal += 1  # Optuna is asked for a new trial below
-            else:
+            if self._lost:
                 lost = self._lost.pop(0)
                 previous = lost.user_attrs.get(TRIAL_ID_ATTR)
                 if previous is not None:
                     delete_curve(self._adopting_for, str(previous))
                 adopt_trial(self, trial_id, lost.number)
+            elif self.budget is not None and self._in_journal >= self.budget:
+                # A trial that ended before Ray recorded it still fills its place in the
+                # budget: Ray, not knowing it, asks for one trial too many.
+                return Searcher.FINISHED
+            else:
+                self._in_journal += 1  # Optuna is asked for a new trial below
         params = super().suggest(trial_id)
         journal_trial = searcher_trials(self)[trial_id]
         if journal_trial.user_attrs.get(TRIAL_ID_ATTR) != trial_id:
@@ -106,8 +106,6 @@ class SignedSearchGenerator(SearchGenerator):
     def restore_from_dir(self, dirpath: str) -> None:
         """The restored searcher's journal handle names the file of the machine that saved
         it; point it at this machine's journal (the same study, brought up to date)."""
-        from lrwa.tune.integrity import restored_trials
-
         super().restore_from_dir(dirpath)
         searcher = self.searcher
         while hasattr(searcher, "searcher"):
