@@ -9,9 +9,9 @@ engine and reports each epoch with its checkpoint; `recorder.py`, in the driver,
 writes the curves and trial table (`results.py`) and tells the journal how each
 trial ended (`journal.py`); `views.py` rebuilds those views from the journal and Ray's
 files. `storage.py` reaches folders and object stores through pyarrow.fs; `layout.py`
-names every file; `internals.py` holds every private name of Ray and Optuna lrwa uses. `report.py` is `lrwa report`, `estimate.py`
-the dry run, `commands.py` the command-line handlers. Nothing here is imported by
-the engine: the arrow points from Tune to lrwa only.
+names every file; `internals.py` holds every private name of Ray and Optuna lrwa uses.
+`report.py` is `lrwa report`, `estimate.py` the dry run, `commands.py` the command-line
+handlers. Nothing here is imported by the engine: the arrow points from Tune to lrwa only.
 """
 
 from __future__ import annotations

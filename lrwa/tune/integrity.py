@@ -158,25 +158,22 @@ def verify_state(store: StudyStore) -> None:
             str(record.get("mac")), _mac(key, versions)):
         raise LrwaError(f"{store.location(RAY_STATE_FILE)} does not match its signature: "
                         "someone changed it; the study's Ray state cannot be trusted")
-    allowed: dict[str, set[str]] = {}
-    for files in versions:
-        for name, digest in files.items():
-            allowed.setdefault(name, set()).add(digest)
+    allowed = {(name, digest) for files in versions for name, digest in files.items()}
     for relative in store.list_files(RAY_DIR, recursive=False):
         name = relative.rpartition("/")[2]
         if name == STORAGE_MARKER_FILE:
             continue
-        if name not in allowed:
+        if name not in {known for known, _ in allowed}:
             raise LrwaError(f"{store.location(relative)} was not written by this study's "
                             "driver; Ray would unpickle it on restore, so lrwa refuses")
-        if store.digest(relative) not in allowed[name]:
+        if (name, store.digest(relative)) not in allowed:
             raise LrwaError(f"{store.location(relative)} changed since this study's driver "
                             "wrote it; Ray would unpickle it on restore, so lrwa refuses")
 
 
 def restored_trials(store: StudyStore) -> dict[str, tuple[str, dict[str, Any]]]:
-    """{trial id: (status, last result)} of the trials in the experiment state Tune restores from (read as
-    JSON, never unpickled); empty when Ray holds none."""
+    """{trial id: (status, last result)} of the trials in the experiment state Tune restores
+    from (read as JSON, never unpickled); empty when Ray holds none."""
     newest = newest_experiment_state(store.list_files(RAY_DIR, recursive=False))
     data = store.read_bytes(f"{RAY_DIR}/{newest}") if newest else None
     return experiment_trials(data) if data else {}

@@ -56,10 +56,9 @@ def experiment_trials(data: bytes) -> dict[str, tuple[str, dict[str, Any]]]:
         found = {}
         for entry in json.loads(data).get(TRIAL_DATA_KEY, []):
             state, runtime = json.loads(entry[0]), json.loads(entry[1])
-            last_result = runtime.get(LAST_RESULT_KEY) if isinstance(runtime, dict) else None
+            last = runtime.get(LAST_RESULT_KEY) if isinstance(runtime, dict) else None
             found[str(state[TRIAL_ID_KEY])] = (str(state.get(TRIAL_STATUS_KEY)),
-                                               last_result if isinstance(last_result, dict)
-                                               else {})
+                                               last if isinstance(last, dict) else {})
         return found
     except (ValueError, TypeError, KeyError, IndexError, AttributeError):
         return {}
@@ -80,7 +79,6 @@ def is_journal_record(line: bytes) -> bool:
 # re-points the storage after a restore, and marks ends it handles itself.
 
 def study_storage(study: Any) -> Any:
-    """The storage an `optuna.Study` was opened on (Study keeps it as `_storage`)."""
     return study._storage
 
 
@@ -97,7 +95,7 @@ def _handle(study: Any, number: int) -> Any:
     the storage's own trial id)."""
     import optuna
 
-    storage = study._storage
+    storage = study_storage(study)
     internal = storage.get_trial_id_from_study_id_trial_number(
         storage.get_study_id_from_name(study.study_name), number)
     return optuna.trial.Trial(study, internal)
@@ -121,14 +119,13 @@ def mark_ended(searcher: Any, trial_id: str) -> None:
 
 
 # -- Ray's cluster plumbing (lrwa.ray_capacity, lrwa.ray_connect) ------------------------------
-# The autoscaler's node types as the head publishes them (what Ray Train's own capacity
-# check reads), whether autoscaler v2 runs, a GCS client that needs no ray.init, the
-# logger of Ray's every-start token notice, and the driver's console printer.
+# The logger of Ray's every-start token notice.
 AUTH_NOTICE_LOGGER = "ray._private.authentication.authentication_token_setup"
 
 
 def published_cluster_config() -> Any:
-    """The `ClusterConfig` record the cluster's head published, or None."""
+    """The `ClusterConfig` record the cluster's head published (the autoscaler's node types,
+    what Ray Train's own capacity check reads), or None."""
     from ray._private.state import state
 
     return state.get_cluster_config()

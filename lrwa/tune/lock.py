@@ -36,15 +36,6 @@ RENEW_S = 20.0
 SETTLE_S = 2.0
 
 
-def _lease(store: StudyStore) -> dict[str, Any] | None:
-    data = store.read_bytes(LOCK_FILE)
-    try:
-        lease = json.loads(data) if data else None
-    except ValueError:
-        return None
-    return lease if isinstance(lease, dict) else None
-
-
 def _busy(store: StudyStore, lease: dict[str, Any]) -> LrwaError:
     return LrwaError(f"study {store.location()} is in use by lrwa tune (host "
                      f"{lease.get('host')}, pid {lease.get('pid')}, since {lease.get('since')});"
@@ -63,7 +54,7 @@ def _alive(lease: dict[str, Any] | None) -> bool:
 
 @contextlib.contextmanager
 def _hold_lease(store: StudyStore) -> Iterator[None]:
-    lease = _lease(store)
+    lease = store.read_record(LOCK_FILE)
     if _alive(lease):
         raise _busy(store, lease)
     token = uuid.uuid4().hex
@@ -72,14 +63,14 @@ def _hold_lease(store: StudyStore) -> Iterator[None]:
             "renewed": time.time()}
     store.write_bytes(LOCK_FILE, json.dumps(mine).encode())
     time.sleep(SETTLE_S)
-    lease = _lease(store)
+    lease = store.read_record(LOCK_FILE)
     if not lease or lease.get("token") != token:
         raise _busy(store, lease or {})
     stop = threading.Event()
 
     def renew() -> None:
         while not stop.wait(RENEW_S):
-            current = _lease(store)
+            current = store.read_record(LOCK_FILE)
             if current and current.get("token") != token:
                 return  # taken over after we looked dead; the other driver now holds it
             store.write_bytes(LOCK_FILE, json.dumps({**mine, "renewed": time.time()}).encode())
@@ -91,17 +82,13 @@ def _hold_lease(store: StudyStore) -> Iterator[None]:
     finally:
         stop.set()
         renewer.join()
-        current = _lease(store)
+        current = store.read_record(LOCK_FILE)
         if current and current.get("token") == token:
             store.delete(LOCK_FILE)
 
 
-@contextlib.contextmanager
-def hold_study(store: StudyStore) -> Iterator[None]:
+def hold_study(store: StudyStore) -> contextlib.AbstractContextManager[None]:
     """Hold the study for the block, or fail at once naming the driver that holds it."""
     if store.remote:
-        with _hold_lease(store):
-            yield
-        return
-    with hold_folder(store.local_path(), f"lrwa tune of study '{store.name}'"):
-        yield
+        return _hold_lease(store)
+    return hold_folder(store.local_path(), f"lrwa tune of study '{store.name}'")

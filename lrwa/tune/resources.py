@@ -30,14 +30,13 @@ def worker_cpus(study: Study) -> float:
     return max(DRIVER_CPU, study.cpus - DRIVER_CPU)
 
 
+def _bundle(cpus: float, gpus: float) -> dict[str, float]:
+    return {"CPU": cpus, **({"GPU": gpus} if gpus else {})}
+
+
 def trial_bundles(study: Study) -> list[dict[str, float]]:
     """The bundles of one Tune trial's placement group (see the module docstring)."""
-    if study.workers == 1:
-        bundle = {"CPU": study.cpus}
-        if study.gpus:
-            bundle["GPU"] = study.gpus
-        return [bundle]
-    return [{"CPU": DRIVER_CPU}]
+    return [_bundle(study.cpus, study.gpus) if study.workers == 1 else {"CPU": DRIVER_CPU}]
 
 
 def resources_per_trial(study: Study) -> dict[str, float]:
@@ -72,21 +71,19 @@ def check_cluster(study: Study, capacity: Capacity | Mapping[str, float]) -> int
     of resources taken as one node."""
     if not isinstance(capacity, Capacity):
         capacity = Capacity((NodeType("the cluster", dict(capacity), 1),), "the resources given")
-    concurrency = min(study.max_concurrent, study.trials)
     if study.workers == 1:
         bundle = trial_bundles(study)[0]
         _refuse_unplaceable(study, bundle, capacity, "per trial")
-        held = capacity.slots(bundle)
     else:
-        bundle = {"CPU": worker_cpus(study), **({"GPU": study.gpus} if study.gpus else {})}
+        bundle = _bundle(worker_cpus(study), study.gpus)
         _refuse_unplaceable(study, bundle, capacity, "per Ray Train worker")
-        held = capacity.slots(bundle) // study.workers
-        if held < 1:
-            raise LrwaError(f"study '{study.name}' needs {study.workers} workers x {bundle} per "
-                            f"trial but the Ray cluster holds at most {capacity.slots(bundle)} "
-                            f"such workers ({capacity.describe()}); lower resources.workers "
-                            "or use a larger cluster (RAY_ADDRESS)")
-    return max(1, min(concurrency, held))
+    held = capacity.slots(bundle) // study.workers
+    if held < 1 and study.workers > 1:
+        raise LrwaError(f"study '{study.name}' needs {study.workers} workers x {bundle} per "
+                        f"trial but the Ray cluster holds at most {capacity.slots(bundle)} "
+                        f"such workers ({capacity.describe()}); lower resources.workers "
+                        "or use a larger cluster (RAY_ADDRESS)")
+    return max(1, min(study.max_concurrent, study.trials, held))
 
 
 def capacity_line(study: Study) -> str:

@@ -15,6 +15,7 @@ appears in what lrwa prints or records (`redact`).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import hashlib
@@ -22,12 +23,16 @@ import json
 import os
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import pyarrow.fs as pafs
+
 from lrwa.atomic import write_with
 from lrwa.errors import LrwaError, first_line
+from lrwa.tune.layout import LOCK_FILE, OPTUNA_FILE
 
 REMOTE_SCHEMES = ("s3", "gs", "gcs")
 
@@ -46,8 +51,6 @@ def redact(uri: str) -> str:
 
 @functools.lru_cache(maxsize=8)
 def _filesystem(uri: str) -> tuple[Any, str]:
-    import pyarrow.fs as pafs
-
     try:
         return pafs.FileSystem.from_uri(uri)
     except Exception as error:  # noqa: BLE001 - pyarrow raises several types for bad URIs
@@ -95,7 +98,7 @@ class StudyStore:
         parts = urlsplit(self.storage)
         path = "/".join(part for part in (parts.path.rstrip("/"), self.name, relative) if part)
         query = f"?{parts.query}" if parts.query else ""
-        return f"{parts.scheme}://{parts.netloc}{path if path.startswith('/') else '/' + path}{query}"
+        return f"{parts.scheme}://{parts.netloc}{'' if path.startswith('/') else '/'}{path}{query}"
 
     def location(self, relative: str = "") -> str:
         """Where the study (or a file of it) lives, for people and for study.json."""
@@ -111,63 +114,54 @@ class StudyStore:
 
     # -- files --------------------------------------------------------------------------
 
-    def _fail(self, action: str, relative: str, error: BaseException) -> LrwaError:
-        return LrwaError(f"cannot {action} {self.location(relative)} "
-                         f"({first_line(error)[:200]})")
+    @contextlib.contextmanager
+    def _failing(self, action: str, relative: str) -> Iterator[None]:
+        try:
+            yield
+        except OSError as error:
+            raise LrwaError(f"cannot {action} {self.location(relative)} "
+                            f"({first_line(error)[:200]})") from None
 
     def exists(self, relative: str = "") -> bool:
-        import pyarrow.fs as pafs
-
-        try:
-            return self.filesystem.get_file_info(self.path(relative)).type != \
-                pafs.FileType.NotFound
-        except OSError as error:
-            raise self._fail("reach", relative, error) from None
+        with self._failing("reach", relative):
+            return self.filesystem.get_file_info(self.path(relative)).type != pafs.FileType.NotFound
 
     def read_bytes(self, relative: str) -> bytes | None:
         """The file's bytes, or None when there is no such file."""
-        try:
-            with self.filesystem.open_input_stream(self.path(relative)) as source:
-                return source.readall()
-        except FileNotFoundError:
-            return None
-        except OSError as error:
-            if not self.exists(relative):
-                return None
-            raise self._fail("read", relative, error) from None
+        with self._failing("read", relative):
+            try:
+                with self.filesystem.open_input_stream(self.path(relative)) as source:
+                    return source.readall()
+            except OSError as error:
+                if isinstance(error, FileNotFoundError) or not self.exists(relative):
+                    return None
+                raise
 
     def write_bytes(self, relative: str, data: bytes) -> None:
         """Replace the file whole (in a folder, through `lrwa.atomic`)."""
         target = self.path(relative)
-        try:
+        with self._failing("write", relative):
             if not self.remote:
                 write_with(target, lambda sink: sink.write(data))
                 return
             self.filesystem.create_dir(target.rpartition("/")[0], recursive=True)
             with self.filesystem.open_output_stream(target) as sink:
                 sink.write(data)
-        except OSError as error:
-            raise self._fail("write", relative, error) from None
 
     def list_files(self, relative: str = "", recursive: bool = True) -> list[str]:
         """Paths, relative to the study, of the files at or under `relative`."""
-        import pyarrow.fs as pafs
-
         root = self.path()
         selector = pafs.FileSelector(self.path(relative), recursive=recursive,
                                      allow_not_found=True)
-        try:
-            infos = self.filesystem.get_file_info(selector)
-        except NotADirectoryError:
-            return [relative]
-        except OSError as error:
-            raise self._fail("list", relative, error) from None
+        with self._failing("list", relative):
+            try:
+                infos = self.filesystem.get_file_info(selector)
+            except NotADirectoryError:
+                return [relative]
         return sorted(info.path[len(root) + 1:] for info in infos
                       if info.type == pafs.FileType.File)
 
     def delete(self, relative: str) -> None:
-        import pyarrow.fs as pafs
-
         target = self.path(relative)
         kind = self.filesystem.get_file_info(target).type
         if kind == pafs.FileType.File:
@@ -175,16 +169,16 @@ class StudyStore:
         elif kind == pafs.FileType.Directory:
             self.filesystem.delete_dir(target)
 
-    def read_record(self, relative: str, record_format: str) -> dict[str, Any] | None:
-        """A JSON record lrwa wrote (its "format" names what it is), or None when there is
-        none, or the file is not one."""
-        data = self.read_bytes(relative)
+    def read_record(self, relative: str, record_format: str | None = None) -> dict[str, Any] | None:
+        """A JSON object lrwa wrote (its "format", where given, names what it is), or None
+        when there is none, or the file is not one."""
         try:
-            record = json.loads(data) if data is not None else None
+            record = json.loads(self.read_bytes(relative) or b"null")
         except ValueError:
             return None
-        return record if isinstance(record, dict) and record.get("format") == record_format \
-            else None
+        if isinstance(record, dict) and record_format in (None, record.get("format")):
+            return record
+        return None
 
     def digest(self, relative: str) -> str | None:
         data = self.read_bytes(relative)
@@ -195,8 +189,6 @@ class StudyStore:
     def holds_anything(self) -> bool:
         """Whether the study holds files other than hidden ones (locks, probes) and the
         lease of the driver holding it (`lock.py`)."""
-        from lrwa.tune.layout import LOCK_FILE
-
         return any(not path.rpartition("/")[2].startswith(".") and path != LOCK_FILE
                    for path in self.list_files())
 
@@ -210,10 +202,8 @@ class StudyStore:
     def move(self, relative: str, target: str) -> None:
         """Move a file or folder of the study to `target`, a path of the same filesystem (an
         object store copies, then deletes: it has no rename)."""
-        import pyarrow.fs as pafs
-
         fs = self.filesystem
-        try:
+        with self._failing("move", relative):
             fs.create_dir(target.rpartition("/")[0], recursive=True)
             if self.remote:
                 pafs.copy_files(self.path(relative), target, source_filesystem=fs,
@@ -221,17 +211,14 @@ class StudyStore:
                 self.delete(relative)
             else:
                 fs.move(self.path(relative), target)
-        except OSError as error:
-            raise self._fail("move", relative, error) from None
 
     def move_aside(self) -> str:
         """Move the study to `<name>.old-<time>`; returns where it went."""
-        stamp = time.strftime("%Y%m%d-%H%M%S")
-        aside = dataclasses.replace(self, name=f"{self.name}.old-{stamp}")
-        counter = 1
+        base = f"{self.name}.old-{time.strftime('%Y%m%d-%H%M%S')}"
+        aside, counter = dataclasses.replace(self, name=base), 0
         while aside.exists():
-            aside = dataclasses.replace(self, name=f"{self.name}.old-{stamp}-{counter}")
             counter += 1
+            aside = dataclasses.replace(self, name=f"{base}-{counter}")
         self.move("", aside.path())
         return aside.location()
 
@@ -239,8 +226,6 @@ class StudyStore:
         """The local file Optuna's journal backend writes: the study's own file in a folder
         storage; for an object store, a working copy in lrwa's cache that is uploaded to the
         study after every change of a trial's state (`journal.py`)."""
-        from lrwa.tune.layout import OPTUNA_FILE
-
         if not self.remote:
             return self.local_path(OPTUNA_FILE)
         from lrwa.teacher import cache_dir

@@ -25,6 +25,10 @@ import signal
 from pathlib import Path
 from typing import Any
 
+import pyarrow.parquet as pq
+from ray import tune
+
+from lrwa.distiller import NonFiniteLoss
 from lrwa.errors import first_line
 from lrwa.run import Evaluation, run_distillation
 from lrwa.sinks import METRICS_FILE, SUMMARY_FILE
@@ -35,8 +39,6 @@ from lrwa.tune.storage import StudyStore
 from lrwa.tune.study import Study
 
 TRAIN_DIR = "train"  # Ray Train's checkpoints of data-parallel trials
-
-
 FAULT_ACTIONS = ("raise", "interrupt", "kill", "kill-trial", "oserror")
 
 
@@ -74,9 +76,7 @@ class TrialContext:
 
 
 def error_text(error: BaseException) -> str:
-    """One line: the exception's type and the first line of its message."""
-    message = first_line(error)
-    return f"{type(error).__name__}: {message}"[:500]
+    return f"{type(error).__name__}: {first_line(error)}"[:500]
 
 
 def _inject_fault(plan: FaultPlan | None, epoch: int) -> None:
@@ -90,8 +90,6 @@ def _inject_fault(plan: FaultPlan | None, epoch: int) -> None:
         os.write(marker, str(os.getpid()).encode())  # which process the fault hit
         os.close(marker)
     if plan.action == "raise":
-        from lrwa.distiller import NonFiniteLoss
-
         raise NonFiniteLoss(f"non-finite loss_acq at epoch {epoch} (injected by a test)")
     if plan.action == "kill-trial":
         os.kill(os.getpid(), signal.SIGKILL)
@@ -100,20 +98,18 @@ def _inject_fault(plan: FaultPlan | None, epoch: int) -> None:
     os.kill(plan.driver_pid, signal.SIGUSR1 if plan.action == "interrupt" else signal.SIGKILL)
 
 
-def _summary(run_dir: Path) -> dict[str, Any]:
+def _summary(run_dir: Path, *extra: str) -> dict[str, Any]:
+    """The objective metrics (and `extra`) of the run's summary so far, None where absent."""
     path = run_dir / SUMMARY_FILE
-    return json.loads(path.read_text()) if path.is_file() else {}
+    summary = json.loads(path.read_text()) if path.is_file() else {}
+    return {name: summary.get(name) for name in (*OBJECTIVE_METRICS, *extra)}
 
 
 def _report(run_dir: Path, row: dict[str, Any], checkpoint: bool) -> None:
     """Tell Tune of epoch `row`: its metrics, the curve statistics so far (what ASHA and
     the console judge), and the run folder as the epoch's checkpoint."""
-    from ray import tune
-
-    summary = _summary(run_dir)
     metrics = {"epoch": int(row["epoch"]), **epoch_values(row),
-               **{name: summary.get(name) for name in OBJECTIVE_METRICS},
-               "teacher_acc": summary.get("teacher_acc")}
+               **_summary(run_dir, "teacher_acc")}
     tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(str(run_dir))
                 if checkpoint else None)
 
@@ -121,8 +117,6 @@ def _report(run_dir: Path, row: dict[str, Any], checkpoint: bool) -> None:
 def train_trial(params: dict[str, Any], context: TrialContext, teacher: Teacher,
                 evaluation: Evaluation | None = None) -> None:
     """The Tune function trainable (wrapped by `tune.with_parameters` in the runner)."""
-    from ray import tune
-
     trial_id = tune.get_context().get_trial_id()
     if trial_id in context.decided:
         return  # restored from an older experiment state; the journal holds its end
@@ -141,25 +135,21 @@ def train_trial(params: dict[str, Any], context: TrialContext, teacher: Teacher,
     except Exception as error:  # noqa: BLE001 - the engine's errors end the trial, once
         # No epoch, so ASHA ignores this report; the objective keys keep Tune's check of
         # reported metrics content.
-        summary = _summary(run_dir)
-        tune.report({ERROR_KEY: error_text(error),
-                     **{name: summary.get(name) for name in OBJECTIVE_METRICS}})
+        tune.report({ERROR_KEY: error_text(error), **_summary(run_dir)})
     finally:
         shutil.rmtree(run_dir, ignore_errors=True)
 
 
 def _run(params: dict[str, Any], context: TrialContext, teacher: Teacher,
          evaluation: Evaluation | None, trial_id: str, run_dir: Path, resume: bool) -> None:
-    import pyarrow.parquet as pq
-
     study = context.study
     config = study.trial_config(params)
     reported = False
 
     def on_epoch(row: dict[str, Any]) -> None:
         nonlocal reported
-        _inject_fault(context.faults, int(row["epoch"]))
         epoch = int(row["epoch"])
+        _inject_fault(context.faults, epoch)
         _report(run_dir, row, checkpoint=epoch % study.checkpoint_every == 0
                 or epoch >= config.epochs)
         reported = True
@@ -177,5 +167,4 @@ def _run(params: dict[str, Any], context: TrialContext, teacher: Teacher,
                         cpus_per_worker=worker_cpus(study))
     if not reported:
         # Restored from the checkpoint of its last epoch: tell Tune that epoch again.
-        rows = pq.read_table(run_dir / METRICS_FILE).to_pylist()
-        _report(run_dir, rows[-1], checkpoint=False)
+        _report(run_dir, pq.read_table(run_dir / METRICS_FILE).to_pylist()[-1], checkpoint=False)
