@@ -145,9 +145,11 @@ def measure(trials: int, epochs: int, measured: int, root: Path) -> dict[str, fl
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--trials", default="100,1000,10000")
-    parser.add_argument("--epochs", default="5,50,400")
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--trials", default="100,1000,10000",
+                        help="study sizes N, comma-separated (default 100,1000,10000)")
+    parser.add_argument("--epochs", default="5,50,400",
+                        help="epochs per trial E, comma-separated (default 5,50,400)")
     parser.add_argument("--measured", type=int, default=20,
                         help="trials measured at the end of each study (default 20)")
     args = parser.parse_args()

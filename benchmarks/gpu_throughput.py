@@ -55,7 +55,7 @@ def seconds_per_iteration(overrides: dict, device: torch.device, iters: int, war
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--batch", type=int, default=512)
     parser.add_argument("--iters", type=int, default=10, help="timed iterations per cell")

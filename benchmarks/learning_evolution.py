@@ -457,7 +457,7 @@ def report(storage: Path, out_dir: Path) -> tuple[str, list[str]]:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--storage", type=Path, default=Path("runs/evidence"),
                         help="the folder holding the three studies (default: runs/evidence)")
     parser.add_argument("--out-dir", type=Path, default=HERE,

@@ -99,7 +99,7 @@ def quickstart(folder: Path, environment: dict[str, str]) -> tuple[list[tuple[st
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeats", type=int, default=1, help="runs of each import probe")
     parser.add_argument("--log", action="store_true", help="print the quickstart's output")
     parser.add_argument("--keep", metavar="DIR",

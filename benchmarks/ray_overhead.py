@@ -72,7 +72,7 @@ def _measure(name: str, run: Any, out_dir: Path, samples: int, epochs: int) -> d
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--epochs", type=int, default=4)
     parser.add_argument("--iters-per-epoch", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1,

@@ -43,7 +43,7 @@ RULES = {name: UpdateRule(loss=l1_logits, alpha=0.9, **settings)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--arch", default="lenet5-half")
     parser.add_argument("--channels", type=int, default=1)
     parser.add_argument("--image-size", type=int, default=28)

@@ -224,7 +224,7 @@ def load_time(folder: Path, trials: int, epochs: int) -> list[tuple]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true",
                         help="about 10 s trials, no quickstart")
     parser.add_argument("--no-quickstart", action="store_true")
