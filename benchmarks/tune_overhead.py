@@ -180,7 +180,7 @@ def quickstart(folder: Path) -> list[tuple]:
     wall = time.perf_counter() - started
     counts = ", ".join(f"{n} {status}" for status, n in outcome.statuses.items() if n)
     return [("(b) quickstart study, end to end (teacher cached; Ray start included)",
-             f"{wall:.0f} s", f"{study.trials} trials: {counts}")]
+             f"{wall:.0f} s", f"{study.budget.trials} trials: {counts}")]
 
 
 def load_time(folder: Path, trials: int, epochs: int) -> list[tuple]:

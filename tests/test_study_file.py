@@ -64,12 +64,13 @@ def test_the_hash_leaves_out_the_time_budget_and_the_description():
 def test_a_study_resolves_with_defaults_and_exact_types():
     study = parse_study(study_data(budget={"trials": 2.0}, resources=None, sampler=None),
                         "src.yaml")
-    assert (study.trials, study.max_concurrent, study.cpus, study.gpus, study.workers) == (
-        2, 1, 1.0, 0.0, 1)
-    assert isinstance(study.trials, int) and isinstance(study.cpus, float)
-    assert (study.sampler.type, study.n_startup_trials, study.scheduler.type) == (
+    assert (study.budget.trials, study.budget.max_concurrent) == (2, 1)
+    assert (study.resources.cpus, study.resources.gpus, study.resources.workers) == (1.0, 0.0, 1)
+    assert isinstance(study.budget.trials, int) and isinstance(study.resources.cpus, float)
+    assert (study.sampler.type, study.sampler.n_startup_trials, study.scheduler.type) == (
         "tpe", 10, "none")
-    assert (study.grace_period, study.reduction_factor, study.seed) == (1, 2.0, 3)
+    assert (study.scheduler.grace_period, study.scheduler.reduction_factor) == (1, 2.0)
+    assert study.seed == 3
     assert study.base["seed"] == 3  # the study's seed, unless base names one
     # No teacher: the embedded mnist5k one, so its preset sits under base.
     assert (study.base["alpha"], study.base["vae_latent_dim"]) == (0.1, 64)
@@ -103,7 +104,7 @@ def test_points_are_filled_from_the_base_and_the_smoke_variant_keeps_them():
                                          "replay_ratio": 0.25}]
     smoke = study.smoke_variant()
     assert smoke.points_to_evaluate == study.points_to_evaluate
-    assert smoke.base["buffer_size"] == 96 and smoke.is_smoke and smoke.trials == 2
+    assert smoke.base["buffer_size"] == 96 and smoke.is_smoke and smoke.budget.trials == 2
 
 
 def test_data_parallel_split_keys_step_by_the_workers_also_in_the_smoke_variant():
@@ -113,7 +114,8 @@ def test_data_parallel_split_keys_step_by_the_workers_also_in_the_smoke_variant(
     # study.json keeps the study as a file, which views.py parses back to the same study
     assert parse_study(study.as_file(), "copy.yaml").fingerprint() == study.fingerprint()
     smoke = study.smoke_variant()
-    assert smoke.workers == 1 and smoke.fingerprint() == study.smoke_variant().fingerprint()
+    assert smoke.resources.workers == 1
+    assert smoke.fingerprint() == study.smoke_variant().fingerprint()
     assert smoke.space["buffer_size"].step == 2
 
 
@@ -123,7 +125,7 @@ def test_the_mlflow_logger_and_smoke_overrides_keep_what_the_file_gave():
                                    smoke={"budget": {"trials": 3}, "base": None}), "src.yaml")
     assert given.mlflow == {"tracking_uri": "http://host:5000"}
     assert given.to_dict()["smoke"] == {"budget": {"trials": 3}}
-    assert given.smoke_variant().trials == 3
+    assert given.smoke_variant().budget.trials == 3
     assert parse_study(study_data(loggers={"mlflow": {}}), "src.yaml").mlflow == {}
     assert parse_study(study_data(loggers={"mlflow": None}), "src.yaml").mlflow is None
 
@@ -134,7 +136,7 @@ def test_a_grid_runs_every_combination_of_choices_once():
     assert study.sampler.type == "grid" and [p.choices for p in study.space.values()] == [
         ["joint", "meta"], ["fifo", "reservoir"]]
     smoke = study.smoke_variant()  # two trials cannot run four points: two random ones
-    assert (smoke.sampler.type, smoke.trials, smoke.space) == ("random", 2, study.space)
+    assert (smoke.sampler.type, smoke.budget.trials, smoke.space) == ("random", 2, study.space)
 
 
 def test_the_file_is_read_by_the_strict_loader_and_named_in_errors(tmp_path):

@@ -392,13 +392,14 @@ def test_shipped_studies_parse_with_their_smoke_variants():
     for name in names:
         study = load_study_file(name)
         smoke = study.smoke_variant()
-        assert smoke.name == f"{name}-smoke" and smoke.trials == 2
-        assert smoke.base["epochs"] == 2 and smoke.gpus == 0 and smoke.scheduler.type == "none"
+        assert smoke.name == f"{name}-smoke" and smoke.budget.trials == 2
+        assert smoke.base["epochs"] == 2 and smoke.resources.gpus == 0
+        assert smoke.scheduler.type == "none"
     assert resolve_study_path("quickstart") == studies_dir() / "quickstart.yaml"
     cifar = load_study_file("cifar10_resnet34_resnet18")
     assert (cifar.base["batch_size"], cifar.base["epochs"], cifar.base["alpha"]) == (512, 400,
                                                                                       0.9)
-    assert cifar.gpus == 1 and load_study_file("mnist5k_ablation").multi_objective
+    assert cifar.resources.gpus == 1 and load_study_file("mnist5k_ablation").multi_objective
 
 
 # -- the study folder and resources ---------------------------------------------------------------

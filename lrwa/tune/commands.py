@@ -99,7 +99,8 @@ def run_quickstart(storage: str = DEFAULT_STORAGE) -> None:
     from lrwa.tune.study import load_study_file
 
     study = load_study_file(QUICKSTART_STUDY)
-    print_line(f"quickstart: study '{study.name}', {study.trials} trials; {study.description}")
+    print_line(f"quickstart: study '{study.name}', {study.budget.trials} trials; "
+               f"{study.description}")
     outcome = _run_and_report(study, storage, restart=False)
     data = outcome.store.read_bytes(BEST_CONFIG)
     if data is not None:

@@ -79,11 +79,11 @@ def measure_epoch_seconds(study: Study) -> tuple[float, str]:
     from lrwa.distiller import Distiller
 
     base, teacher, spec = _measurement_setup(study)
-    cuda = study.gpus > 0 and torch.cuda.is_available()
+    cuda = study.resources.gpus > 0 and torch.cuda.is_available()
     device = torch.device("cuda" if cuda else "cpu")
     batch = min(base.batch_size, MEASURE_BATCH)
     config = base.replace(batch_size=batch, device=device.type)
-    threads = max(1, int(study.cpus))
+    threads = max(1, int(study.resources.cpus))
     with torch_threads(threads):
         images = torch.randn(256, spec.channels, spec.image_size, spec.image_size)
         labels = torch.zeros(256, dtype=torch.int64)
@@ -183,28 +183,31 @@ def dry_run(study: Study, storage: str | os.PathLike[str] = DEFAULT_STORAGE,
         out(f"    {name}: {entry.describe()}")
     objective = ", ".join(f"{o.direction} {o.metric}" for o in study.objectives)
     out(f"  objective: {objective}" + ("  (Pareto front)" if study.multi_objective else ""))
-    scheduler = (f"asha (grace {study.grace_period}, reduction {study.reduction_factor:g})"
+    scheduler = (f"asha (grace {study.scheduler.grace_period}, "
+                 f"reduction {study.scheduler.reduction_factor:g})"
                  if study.scheduler.type == "asha" else "none")
-    out(f"  trials: {study.trials}, up to {study.max_concurrent} at a time, time budget "
-        f"{study.time_budget_s or 'none'}; sampler {study.sampler.type} (seed {study.seed}); "
-        f"scheduler {scheduler}; {len(study.points_to_evaluate)} points evaluated first")
+    out(f"  trials: {study.budget.trials}, up to {study.budget.max_concurrent} at a time, "
+        f"time budget {study.budget.time_budget_s or 'none'}; sampler {study.sampler.type} "
+        f"(seed {study.seed}); scheduler {scheduler}; {len(study.points_to_evaluate)} points "
+        "evaluated first")
     need = resources_per_trial(study)
-    out(f"  resources per trial: {study.workers} worker(s) x {study.cpus:g} CPU, "
-        f"{study.gpus:g} GPU; Tune placement group {trial_bundles(study)}; "
+    out(f"  resources per trial: {study.resources.workers} worker(s) x "
+        f"{study.resources.cpus:g} CPU, {study.resources.gpus:g} GPU; "
+        f"Tune placement group {trial_bundles(study)}; "
         f"{need['CPU']:g} CPU and {need['GPU']:g} GPU in all")
     out(f"  {capacity_line(study)}")
     if study.name == QUICKSTART_STUDY:
         out(f"  README's figure: about {QUICKSTART_MINUTES} min on 2 CPU cores, the teacher's "
             "training included, cold (benchmarks/quickstart_time.py); this machine's estimate "
             "is below")
-    estimate: dict[str, Any] = {"trials": study.trials, "resources": need,
+    estimate: dict[str, Any] = {"trials": study.budget.trials, "resources": need,
                                 "missing": missing_inputs(study)}
     for problem in estimate["missing"]:
         out(f"  not ready: {problem}")
     if not measure:
         return estimate
     try:
-        if study.gpus > 0 and not torch.cuda.is_available():
+        if study.resources.gpus > 0 and not torch.cuda.is_available():
             epoch_s, how = model_epoch_seconds(study)
         else:
             epoch_s, how = measure_epoch_seconds(study)
@@ -212,21 +215,21 @@ def dry_run(study: Study, storage: str | os.PathLike[str] = DEFAULT_STORAGE,
         out(f"  estimate: not available ({error})")
         return estimate
     epochs = expected_epochs(study)
-    trial_s = epochs * epoch_s / study.workers
-    most_s = study.epochs * epoch_s / study.workers
-    parallel = max(1, min(study.max_concurrent, study.trials))
+    trial_s = epochs * epoch_s / study.resources.workers
+    most_s = study.epochs * epoch_s / study.resources.workers
+    parallel = max(1, min(study.budget.max_concurrent, study.budget.trials))
     teacher_s = teacher_training_seconds(study)
     # Trials run `parallel` at a time; a study starts with Ray and its first worker.
-    wall_s = teacher_s + STUDY_START_S + study.trials * trial_s / parallel
+    wall_s = teacher_s + STUDY_START_S + study.budget.trials * trial_s / parallel
     estimate.update({
         "epoch_s": epoch_s, "trial_s": trial_s, "teacher_s": teacher_s, "wall_s": wall_s,
-        "most_wall_s": teacher_s + STUDY_START_S + study.trials * most_s / parallel,
-        "cpu_hours": study.trials * trial_s * need["CPU"] / 3600,
-        "gpu_hours": study.trials * trial_s * need["GPU"] / 3600, "how": how})
+        "most_wall_s": teacher_s + STUDY_START_S + study.budget.trials * most_s / parallel,
+        "cpu_hours": study.budget.trials * trial_s * need["CPU"] / 3600,
+        "gpu_hours": study.budget.trials * trial_s * need["GPU"] / 3600, "how": how})
     out(f"  estimate ({how}):")
     out(f"    {epoch_s:.1f} s per epoch; {epochs:.3g} epochs per trial on average"
         + (f" with ASHA's stopping (at most {base['epochs']})" if study.scheduler.type == "asha"
-           else "") + f"; {study.trials} trials, {parallel} at a time")
+           else "") + f"; {study.budget.trials} trials, {parallel} at a time")
     if teacher_s:
         out(f"    the embedded teacher is not cached yet: training it first, about "
             f"{teacher_s:.0f} s")
@@ -234,7 +237,7 @@ def dry_run(study: Study, storage: str | os.PathLike[str] = DEFAULT_STORAGE,
         + (f" (at most {duration(estimate['most_wall_s'])} if no trial is stopped early)"
            if study.scheduler.type == "asha" else "")
         + f"; {estimate['cpu_hours']:.2f} CPU hours, {estimate['gpu_hours']:.2f} GPU hours"
-        + (" (ideal data-parallel speed-up)" if study.workers > 1 else ""))
+        + (" (ideal data-parallel speed-up)" if study.resources.workers > 1 else ""))
     return estimate
 
 
@@ -277,12 +280,12 @@ def expected_epochs(study: Study) -> float:
     if study.scheduler.type != "asha":
         return float(epochs)
     expected, rung, survivors = 0.0, 0, 1.0
-    milestone = float(study.grace_period)
+    milestone = float(study.scheduler.grace_period)
     while rung < epochs:
         reached = min(epochs, int(milestone))
         expected += survivors * (reached - rung)
-        rung, survivors = reached, survivors / study.reduction_factor
-        milestone *= study.reduction_factor
+        rung, survivors = reached, survivors / study.scheduler.reduction_factor
+        milestone *= study.scheduler.reduction_factor
     return expected
 
 

@@ -180,7 +180,7 @@ class StudyRecorder(Callback):
         if number is None:  # not among Tune's trials (an end recorded before Tune starts)
             journal_trial = self._journal_trial(trial.trial_id)
             number = journal_trial.number + 1 if journal_trial is not None else "?"
-        return f"trial {number}/{self.study.trials} {trial.trial_id}"
+        return f"trial {number}/{self.study.budget.trials} {trial.trial_id}"
 
     # -- Tune's events ------------------------------------------------------------------
 
@@ -284,7 +284,7 @@ class StudyRecorder(Callback):
         """Once Ray has ended every trial of the budget, a journal trial it never heard of
         can no longer be handed on: it fails, so no trial stays RUNNING."""
         index = self.index
-        if index is None or len(trials) < self.study.trials or any(
+        if index is None or len(trials) < self.study.budget.trials or any(
                 trial.status not in ("TERMINATED", "ERROR") for trial in trials):
             return
         for journal_trial in lost_trials(index.study, known={trial.trial_id for trial in trials}):

@@ -27,7 +27,7 @@ DRIVER_CPU = 0.001
 
 
 def worker_cpus(study: Study) -> float:
-    return max(DRIVER_CPU, study.cpus - DRIVER_CPU)
+    return max(DRIVER_CPU, study.resources.cpus - DRIVER_CPU)
 
 
 def _bundle(cpus: float, gpus: float) -> dict[str, float]:
@@ -36,15 +36,18 @@ def _bundle(cpus: float, gpus: float) -> dict[str, float]:
 
 def trial_bundles(study: Study) -> list[dict[str, float]]:
     """The bundles of one Tune trial's placement group (see the module docstring)."""
-    return [_bundle(study.cpus, study.gpus) if study.workers == 1 else {"CPU": DRIVER_CPU}]
+    per_trial = study.resources
+    return [_bundle(per_trial.cpus, per_trial.gpus) if per_trial.workers == 1
+            else {"CPU": DRIVER_CPU}]
 
 
 def resources_per_trial(study: Study) -> dict[str, float]:
     """Everything one trial occupies in the cluster, Ray Train workers included."""
-    if study.workers == 1:
-        return {"CPU": study.cpus, "GPU": study.gpus}
-    return {"CPU": DRIVER_CPU + study.workers * worker_cpus(study),
-            "GPU": study.workers * study.gpus}
+    per_trial = study.resources
+    if per_trial.workers == 1:
+        return {"CPU": per_trial.cpus, "GPU": per_trial.gpus}
+    return {"CPU": DRIVER_CPU + per_trial.workers * worker_cpus(study),
+            "GPU": per_trial.workers * per_trial.gpus}
 
 
 def _refuse_unplaceable(study: Study, bundle: dict[str, float], capacity: Capacity,
@@ -71,19 +74,20 @@ def check_cluster(study: Study, capacity: Capacity | Mapping[str, float]) -> int
     of resources taken as one node."""
     if not isinstance(capacity, Capacity):
         capacity = Capacity((NodeType("the cluster", dict(capacity), 1),), "the resources given")
-    if study.workers == 1:
+    workers = study.resources.workers
+    if workers == 1:
         bundle = trial_bundles(study)[0]
         _refuse_unplaceable(study, bundle, capacity, "per trial")
     else:
-        bundle = _bundle(worker_cpus(study), study.gpus)
+        bundle = _bundle(worker_cpus(study), study.resources.gpus)
         _refuse_unplaceable(study, bundle, capacity, "per Ray Train worker")
-    held = capacity.slots(bundle) // study.workers
-    if held < 1 and study.workers > 1:
-        raise LrwaError(f"study '{study.name}' needs {study.workers} workers x {bundle} per "
+    held = capacity.slots(bundle) // workers
+    if held < 1 and workers > 1:
+        raise LrwaError(f"study '{study.name}' needs {workers} workers x {bundle} per "
                         f"trial but the Ray cluster holds at most {capacity.slots(bundle)} "
                         f"such workers ({capacity.describe()}); lower resources.workers "
                         "or use a larger cluster (RAY_ADDRESS)")
-    return max(1, min(study.max_concurrent, study.trials, held))
+    return max(1, min(study.budget.max_concurrent, study.budget.trials, held))
 
 
 def capacity_line(study: Study) -> str:

@@ -255,19 +255,20 @@ def build_tuner(study: Study, store: StudyStore, teacher: Any, concurrency: int,
         mode=modes[0] if single else modes,
         points_to_evaluate=[dict(point) for point in study.points_to_evaluate] or None,
         sampler=build_sampler(study), study_name=store.name, storage=journal_storage(store))
-    searcher.budget = study.trials
+    searcher.budget = study.budget.trials
     # ASHA counts our own epochs, not Tune's training_iteration: they survive any restore.
     # A trial that reaches the last epoch ends on its own (stop_last_trials=False), so its
     # checkpoint gets student.pt and the learning curve.
     scheduler = ASHAScheduler(
         time_attr="epoch", metric=metrics[0], mode=modes[0], max_t=study.epochs,
-        grace_period=study.grace_period, reduction_factor=study.reduction_factor,
+        grace_period=study.scheduler.grace_period,
+        reduction_factor=study.scheduler.reduction_factor,
         stop_last_trials=False) if study.scheduler.type == "asha" else None
     tuner = tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(
             search_alg=SignedSearchGenerator(ConcurrencyLimiter(searcher, concurrency), store),
-            scheduler=scheduler, num_samples=study.trials, reuse_actors=True,
+            scheduler=scheduler, num_samples=study.budget.trials, reuse_actors=True,
             trial_name_creator=_trial_name, trial_dirname_creator=_trial_name),
         run_config=tune.RunConfig(
             name=RAY_DIR, storage_path=storage_path, storage_filesystem=filesystem, verbose=0,
@@ -292,7 +293,7 @@ def _ended(study: Study, trials: dict[str, FrozenTrial]
     ended = frozenset(trial_id for trial_id, trial in trials.items()
                       if trial.state.is_finished())
     counts = {**dict.fromkeys(STATUSES, 0), **Counter(map(status_of, trials.values()))}
-    return len(ended) >= max(study.trials, 1) and len(ended) == len(trials), ended, counts
+    return len(ended) >= max(study.budget.trials, 1) and len(ended) == len(trials), ended, counts
 
 
 def _check_records(study: Study, store: StudyStore, out: Printer) -> dict[str, FrozenTrial]:
@@ -337,7 +338,7 @@ def run_study(study: Study, storage: str | os.PathLike[str] = DEFAULT_STORAGE,
         complete, ended, counts = _ended(study, _check_records(study, store, out))
         if complete:
             return StudyOutcome(store, True, counts, True, False, ran=False)
-        session = Session(out=out, budget_s=study.time_budget_s)
+        session = Session(out=out, budget_s=study.budget.time_budget_s)
         SESSIONS[store.location()] = session
         started_ray = ensure_ray()
         try:
@@ -354,7 +355,7 @@ def run_study(study: Study, storage: str | os.PathLike[str] = DEFAULT_STORAGE,
             with quiet_ray(), _one_new_experiment_per_second() as started:
                 tuner, resumed = build_tuner(study, store, teacher, concurrency, context, out)
                 out(f"{'resuming' if resumed else 'starting'} study '{study.name}': "
-                    f"{study.trials} trials, up to {concurrency} at a time -> "
+                    f"{study.budget.trials} trials, up to {concurrency} at a time -> "
                     f"{store.location()}")
                 session.on_started = started
                 tuner.fit()
@@ -379,11 +380,11 @@ def summarise(outcome: StudyOutcome, study: Study) -> list[str]:
                         f"the error column of {outcome.store.location(TRIALS_FILE)}")
     ended = sum(count for status, count in statuses.items() if status != UNFINISHED)
     if outcome.budget_stopped:
-        lines.append(f"stopped by its time budget ({study.time_budget_s:g} s per invocation) "
-                     f"with {ended} of {study.trials} trials ended: rerun the same command "
-                     "to continue")
+        lines.append(f"stopped by its time budget ({study.budget.time_budget_s:g} s per "
+                     f"invocation) with {ended} of {study.budget.trials} trials ended: rerun the "
+                     "same command to continue")
     elif not outcome.complete:
-        lines.append(f"interrupted with {ended} of {study.trials} trials ended: rerun the same "
-                     "command to continue")
+        lines.append(f"interrupted with {ended} of {study.budget.trials} trials ended: rerun "
+                     "the same command to continue")
     return lines
 

@@ -47,4 +47,4 @@ def build_sampler(study: Study) -> optuna.samplers.BaseSampler:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         return optuna.samplers.TPESampler(seed=study.seed, multivariate=True,
-                                          n_startup_trials=study.n_startup_trials)
+                                          n_startup_trials=study.sampler.n_startup_trials)

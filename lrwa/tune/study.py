@@ -49,7 +49,7 @@ from lrwa.yaml_files import clipped, load_yaml_mapping, shown
 # The shipped study files: the repository's tune_studies/, installed as lrwa.studies.
 STUDIES_PACKAGE = "lrwa.studies"
 VARIANT = "variant"  # the space key that picks one of `variants`
-# Sections whose keys a study reads as its own (study.trials), as its flat record names them.
+# Sections whose keys the study's flat record (Study.to_dict) lists as its own.
 FLAT_SECTIONS = ("budget", "resources", "sampler", "scheduler")
 # Keys that name where things are rather than how a run behaves: never searched.
 UNSEARCHABLE = ("teacher", "teacher_arch", "dataset", "data_root", "download", "device")
@@ -229,8 +229,7 @@ class Study(_Section):
     """A study file, and once `parse_study` has resolved it, the study every other module
     uses: `base` is then the whole DistillConfig, each range of `space` has ends of its type
     and its worker step, `objective` lists one or two, and each point of
-    `points_to_evaluate` is filled from the base. The keys of the FLAT_SECTIONS read as the
-    study's own: `study.trials` is `study.budget.trials`."""
+    `points_to_evaluate` is filled from the base."""
 
     model_config = ConfigDict(frozen=True)
     name: FolderName = None  # the study's folder under the storage
@@ -251,16 +250,6 @@ class Study(_Section):
     loggers: Loggers = None
     _source: str = PrivateAttr("")  # the file it came from, for messages
     _is_smoke: bool = PrivateAttr(False)
-
-    def __getattr__(self, name: str) -> Any:
-        # Only what is not a field or property gets here: a key of a flat section, or a miss.
-        sections = self.__dict__  # not self.section: unpickling asks before fields exist
-        if not name.startswith("_") and name != "type":
-            for section in FLAT_SECTIONS:
-                values = sections.get(section)
-                if isinstance(values, BaseModel) and name in type(values).model_fields:
-                    return getattr(values, name)
-        return super().__getattr__(name)
 
     @property
     def source(self) -> str:

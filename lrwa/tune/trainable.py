@@ -150,19 +150,19 @@ def _run(params: dict[str, Any], context: TrialContext, teacher: Teacher,
         nonlocal reported
         epoch = int(row["epoch"])
         _inject_fault(context.faults, epoch)
-        _report(run_dir, row, checkpoint=epoch % study.checkpoint_every == 0
+        _report(run_dir, row, checkpoint=epoch % study.resources.checkpoint_every == 0
                 or epoch >= config.epochs)
         reported = True
 
-    if study.workers == 1:  # the config carries the trial's threads (Study.trial_config)
+    if study.resources.workers == 1:  # the config carries the trial's threads (Study.trial_config)
         run_distillation(None if resume else config, run_dir, resume=resume, teacher=teacher,
                          on_epoch=on_epoch, progress=False, evaluation=evaluation)
     else:
         from lrwa.ray_train import run_distributed
 
         storage = context.store.uri(f"{TRAIN_DIR}/{trial_id}")
-        run_distributed(None if resume else config, run_dir, workers=study.workers,
-                        gpus_per_worker=study.gpus, storage=None if resume else storage,
+        run_distributed(None if resume else config, run_dir, workers=study.resources.workers,
+                        gpus_per_worker=study.resources.gpus, storage=None if resume else storage,
                         resume=resume, teacher=teacher, on_epoch=on_epoch,
                         cpus_per_worker=worker_cpus(study))
     if not reported:
