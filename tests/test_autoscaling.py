@@ -112,7 +112,7 @@ def test_a_study_scales_the_cluster_up_from_zero_and_back(head, teacher_file, tm
     # Nothing was requested that outlives the study: idle nodes are ended.
     deadline = time.monotonic() + SCALE_DOWN_LIMIT_S
     while _worker_nodes(head) and time.monotonic() < deadline:
-        time.sleep(3)
+        time.sleep(1)
     assert _worker_nodes(head) == 0
 
 
@@ -183,7 +183,7 @@ def test_a_data_parallel_run_scales_up_from_zero_and_survives_a_reclaim(head, te
     checkpoint, every epoch once."""
     deadline = time.monotonic() + SCALE_DOWN_LIMIT_S
     while _worker_nodes(head) and time.monotonic() < deadline:
-        time.sleep(3)
+        time.sleep(1)
     assert _worker_nodes(head) == 0
     out = tmp_path / "run"
     process = subprocess.Popen(

@@ -17,6 +17,7 @@ import sys
 import textwrap
 import time
 
+import pyarrow.fs as pafs
 import pytest
 from moto_s3 import BUCKET, client, moto_server, read_object, s3_uri, stored
 from tiny_study import assert_one_truth, write_study_file
@@ -24,6 +25,7 @@ from tiny_study import assert_one_truth, write_study_file
 from lrwa.cli import main
 from lrwa.errors import LrwaError
 from lrwa.tune import load_study, lock
+from lrwa.tune import storage as storage_module
 from lrwa.tune.layout import (
     BEST_CONFIG,
     LOCK_FILE,
@@ -124,8 +126,22 @@ def _one_line_error(capsys, argv):
     return error
 
 
+def _refused_at_once(monkeypatch):
+    """pyarrow's default client retries a refused connection for 6 s on every request; one
+    that gives up at once fails with the same error, so the test need not wait it out."""
+    parse = storage_module._filesystem
+
+    def filesystem(uri):
+        if CLOSED_PORT not in uri:
+            return parse(uri)
+        once = pafs.AwsStandardS3RetryStrategy(max_attempts=1)
+        return client(CLOSED_PORT, retry_strategy=once), parse(uri)[1]
+
+    monkeypatch.setattr(storage_module, "_filesystem", filesystem)
+
+
 def test_missing_bucket_empty_prefix_and_unreachable_endpoint_fail_in_one_line(
-        endpoint, teacher_file, tmp_path, capsys):
+        endpoint, teacher_file, tmp_path, capsys, monkeypatch):
     study_file = write_study_file(tmp_path, teacher_file)
     no_bucket = s3_uri(endpoint, "x", bucket="no-such-bucket")
     with pytest.raises(LrwaError, match=r"cannot write s3://no-such-bucket/x/tiny/") as info:
@@ -137,6 +153,7 @@ def test_missing_bucket_empty_prefix_and_unreachable_endpoint_fail_in_one_line(
                                                                          "nothing/here")])
     with pytest.raises(LrwaError, match="does not exist"):
         load_study(s3_uri(endpoint, "nothing/here"))
+    _refused_at_once(monkeypatch)
     unreachable = s3_uri(CLOSED_PORT, "studies")
     assert "cannot write s3://lrwa-studies/studies/tiny" in _one_line_error(
         capsys, ["tune", str(study_file), "--storage", unreachable])
