@@ -31,7 +31,8 @@ from typing import Any
 from lrwa.probes import columns_in as probe_columns
 
 DEFAULT_STORAGE = "tune_results"  # where `lrwa tune` puts studies unless --storage
-STUDY_FORMAT = "lrwa-study/2"  # study.json's format; 2: curves/<trial_id>.parquet, Ray owns checkpoints
+# study.json's format; 2: curves/<trial_id>.parquet, Ray owns checkpoints.
+STUDY_FORMAT = "lrwa-study/2"
 STUDY_JSON = "study.json"
 STUDY_YAML = "study.yaml"
 OPTUNA_FILE = "optuna.journal"

@@ -305,8 +305,8 @@ def _check_records(study: Study, store: StudyStore, out: Printer) -> dict[str, F
     ray_trials = restored_trials(store)
     missing = sorted(set(ray_trials) - set(journal))
     if missing:
-        raise damaged_journal(store, f"it lacks {len(missing)} trials that Ray ran: "
-                                     f"{', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''}")
+        shown = ", ".join(missing[:3]) + (" ..." if len(missing) > 3 else "")
+        raise damaged_journal(store, f"it lacks {len(missing)} trials that Ray ran: {shown}")
     unrecorded = [trial_id for trial_id, (status, _) in ray_trials.items()
                   if status == ENDED_STATUS and not journal[trial_id].state.is_finished()]
     if unrecorded:
